@@ -74,6 +74,7 @@ def save_checkpoint(
     model: Any,
     processor: Any,
     extra_files: dict[str, str | bytes] | None = None,
+    keep: tuple[str, ...] = (),
 ) -> Path:
     """Write ``model`` (safetensors) and ``processor`` to ``out_dir`` atomically.
 
@@ -84,6 +85,9 @@ def save_checkpoint(
         processor: its image processor or processor (``None`` to save weights only).
         extra_files: more files to put in the folder, ``{relative_name: text or bytes}``
             (e.g. ``"README.md"``, ``"trainer_state.json"``, ``"palette.json"``).
+        keep: names of entries of an existing ``out_dir`` to carry into the new one (e.g.
+            train/run.py's ``"state"`` resume folder). They are hard-linked into the temp
+            folder before the swap, so they exist under ``out_dir`` at every instant.
 
     Returns:
         ``out_dir`` as a Path.
@@ -110,12 +114,26 @@ def save_checkpoint(
                 target.write_text(content, encoding="utf-8")
             else:
                 target.write_bytes(content)
+        for name in keep:
+            if (out / name).exists() and not (tmp / name).exists():
+                _link_tree(out / name, tmp / name)
         _fsync_tree(tmp)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link ``source`` (file or folder) to ``target``: no data copied, and the old
+    checkpoint's copy can be deleted after the swap without touching the new one."""
+    if source.is_file():
+        os.link(source, target)
+        return
+    target.mkdir()
+    for entry in source.iterdir():
+        _link_tree(entry, target / entry.name)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -462,3 +480,63 @@ def _find_class_info(folder: Path, repo_path: str | None, class_info_file: str) 
         except Exception:  # not cached: the caller decides whether that is fatal
             return None
     return None
+
+
+# --------------------------------------------------------------------------- hub snapshots
+
+HUB_PATTERNS = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+    *PROCESSOR_FILES,
+    *TOKENIZER_FILES,
+    "segdemo.json",
+)
+"""Files fetched for a hub model: what :func:`load_checkpoint` reads, nothing else
+(``pipeline()`` probes a dozen optional files, each costing retries when offline)."""
+PICKLE_PATTERNS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin")
+
+
+def hub_snapshot(repo_id: str, *, local_files_only: bool, allow_pickle: bool = False) -> Path:
+    """Resolve a hub model id to a local snapshot folder in the HF cache.
+
+    Args:
+        repo_id: ``"org/name"``.
+        local_files_only: only look in the cache (``HF_HUB_CACHE``/``HF_HOME``); no network.
+        allow_pickle: also fetch ``pytorch_model*.bin`` weights.
+
+    Returns:
+        The snapshot folder; for OneFormer the class-info file its processor needs is
+        fetched (or found) in the HF cache as well.
+
+    Raises:
+        huggingface_hub errors (``LocalEntryNotFoundError`` when not cached and
+        ``local_files_only``; network errors otherwise). Callers turn them into messages.
+    """
+    from huggingface_hub import snapshot_download
+
+    patterns = list(HUB_PATTERNS) + (list(PICKLE_PATTERNS) if allow_pickle else [])
+    folder = Path(
+        snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_files_only)
+    )
+    if (folder / "config.json").is_file() and read_config(folder).get("model_type") == "oneformer":
+        config = _oneformer_image_processor_config(folder)
+        repo_path, class_info_file = config.get("repo_path"), config.get("class_info_file")
+        if class_info_file and not config.get("metadata") and repo_path and "/" in repo_path:
+            from huggingface_hub import hf_hub_download
+
+            hf_hub_download(
+                repo_path, class_info_file, repo_type="dataset", local_files_only=local_files_only
+            )
+    return folder
+
+
+def is_complete_snapshot(folder: str | os.PathLike) -> bool:
+    """True if a snapshot folder holds config, safetensors weights and a processor config."""
+    folder = Path(folder)
+    return (
+        (folder / "config.json").is_file()
+        and any((folder / n).is_file() for n in SAFETENSORS_FILES)
+        and any((folder / n).is_file() for n in PROCESSOR_FILES)
+    )
