@@ -353,16 +353,17 @@ def render(
         opacity = np.full(len(table), alpha, np.float32)
     else:
         table = np.zeros((top + 1, 3), np.uint8)
-        opacity = np.zeros(top + 1, np.float32)  # 0 = untouched: label 0 and unknown ids
+        covered = np.zeros(top + 1, bool)  # False = untouched: label 0 and ids without a segment
         for seg_id, color in colors.items():
             if seg_id <= top:
                 table[seg_id] = color
-                opacity[seg_id] = alpha
+                covered[seg_id] = True
+        opacity = np.where(covered, np.float32(alpha), np.float32(0))
     out = _blend(image, label_map, table, opacity)
     if contours:
         edge = _edges(label_map, contour_thickness(height, width))
         if result.task != Task.SEMANTIC:
-            edge &= (opacity > 0)[label_map]
+            edge &= covered[label_map]
         dark = (table * _DARKEN).astype(np.uint8)
         out[edge] = dark[label_map[edge]]
     if not (labels or legend):
