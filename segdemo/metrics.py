@@ -134,8 +134,8 @@ class ConfusionMatrix:
         if p.numel() == 0:
             return
         if _in_byte_range(p) and _in_byte_range(r):
-            key = torch.mul(r, _BYTE, out=torch.empty(r.shape, dtype=torch.int32, device=r.device))
-            key.add_(p)
+            # int32 before multiplying: uint8 arithmetic would wrap
+            key = r.to(torch.int32, copy=True).mul_(_BYTE).add_(p)
             hist = torch.bincount(key, minlength=_BYTE * _BYTE)
             pending = self._pending.get(r.device)
             self._pending[r.device] = hist if pending is None else pending.add_(hist)
