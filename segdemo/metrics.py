@@ -47,42 +47,64 @@ class MetricInputError(ValueError):
     """Predictions or references that cannot be scored; the message says what to fix."""
 
 
-def _to_tensor(x: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
-    """Integer array or tensor -> integer tensor (no copy where possible)."""
+Array = np.ndarray | torch.Tensor
+
+
+def _as_integer_array(x: Array, what: str) -> Array:
+    """Integer NumPy array (for anything on the CPU) or integer tensor (on an accelerator).
+
+    CPU tensors become NumPy views: NumPy's single-threaded bincount is as fast
+    as torch's and does not wake a thread pool for every map.
+    """
     if isinstance(x, torch.Tensor):
-        t = x
-    else:
-        a = np.asarray(x)
-        if a.dtype == np.bool_:
-            a = a.view(np.uint8)
-        elif a.dtype.kind == "u" and a.dtype.itemsize > 1:
-            # torch has only partial support for uint16/32/64; values above 2**63 are
-            # out of range anyway, and wrap to negative (still out of range).
-            a = a.astype(np.int64)
-        if a.dtype.kind not in "iu":
-            raise MetricInputError(
-                f"{what} must be integer class ids, got dtype {a.dtype}; take the argmax over classes first"
-            )
-        with warnings.catch_warnings():
-            # read-only arrays (e.g. np.asarray(PIL image)) are fine: nothing writes to them
-            warnings.simplefilter("ignore", UserWarning)
-            t = torch.from_numpy(np.ascontiguousarray(a))
-    if t.dtype == torch.bool:
-        t = t.to(torch.uint8)
-    if t.is_floating_point() or t.is_complex():
+        if x.device.type != "cpu":
+            if x.is_floating_point() or x.is_complex():
+                raise MetricInputError(
+                    f"{what} must be integer class ids, got dtype {x.dtype}; take the argmax over classes first"
+                )
+            return x.to(torch.uint8) if x.dtype == torch.bool else x
+        x = x.detach().numpy()
+    a = np.asarray(x)
+    if a.dtype == np.bool_:
+        return a.view(np.uint8)
+    if a.dtype.kind not in "iu":
         raise MetricInputError(
-            f"{what} must be integer class ids, got dtype {t.dtype}; take the argmax over classes first"
+            f"{what} must be integer class ids, got dtype {a.dtype}; take the argmax over classes first"
         )
-    return t
+    return a
 
 
-def _in_byte_range(t: torch.Tensor) -> bool:
-    if t.dtype == torch.uint8:
+def _in_byte_range(x: Array) -> bool:
+    if isinstance(x, np.ndarray):
+        return x.dtype == np.uint8 or x.size == 0 or (x.min() >= 0 and x.max() < _BYTE)
+    if x.dtype == torch.uint8 or x.numel() == 0:
         return True
-    if t.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(t)
+    lo, hi = torch.aminmax(x)
     return bool(lo >= 0) and bool(hi < _BYTE)
+
+
+def _byte_pair_histogram(p: Array, r: Array) -> Array:
+    """Flat 256*256 ``int64`` histogram of ``r * 256 + p`` for values in ``0..255``."""
+    if isinstance(r, np.ndarray):
+        key = r.astype(np.intp)  # the dtype bincount counts in: no second cast
+        key *= _BYTE
+        key += p
+        return np.bincount(key, minlength=_BYTE * _BYTE)
+    key = r.to(torch.int32, copy=True).mul_(_BYTE).add_(p)  # int32 first: uint8 would wrap
+    return torch.bincount(key, minlength=_BYTE * _BYTE)
+
+
+def _general_counts(p: Array, r: Array, n: int, ignore_index: int) -> np.ndarray:
+    """``(N+1)x(N+1)`` ``int64`` counts for any integer values (row/col ``N`` = no class)."""
+    xp = np if isinstance(r, np.ndarray) else torch
+    p = p.astype(np.int64) if xp is np else p.long()
+    r = r.astype(np.int64) if xp is np else r.long()
+    col = xp.where((p < 0) | (p >= n), n, p)
+    row = xp.where((r < 0) | (r >= n), n, r)
+    row = xp.where(r == ignore_index, n + 1, row)  # row N+1: dropped below
+    hist = xp.bincount(row * (n + 1) + col, minlength=(n + 2) * (n + 1))[: (n + 1) * (n + 1)]
+    hist = hist if xp is np else hist.cpu().numpy()
+    return hist.reshape(n + 1, n + 1)
 
 
 class ConfusionMatrix:
@@ -107,8 +129,8 @@ class ConfusionMatrix:
         self.ignore_index = int(ignore_index)
         n = self.num_labels
         self._counts = np.zeros((n + 1, n + 1), dtype=np.int64)
-        # raw byte-pair histograms (flattened 256*256, int64) per device, folded lazily
-        self._pending: dict[torch.device, torch.Tensor] = {}
+        # raw byte-pair histograms (flat 256*256 int64) per device, folded lazily
+        self._pending: dict[str, Array] = {}
 
     # -- accumulation -------------------------------------------------------------
     def update(self, pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor) -> None:
@@ -120,40 +142,29 @@ class ConfusionMatrix:
             ref: reference training ids of the same shape; ``ignore_index`` pixels
                 are dropped; other values outside ``0..N-1`` count in no class.
         """
-        p = _to_tensor(pred, "predictions")
-        r = _to_tensor(ref, "references")
+        p = _as_integer_array(pred, "predictions")
+        r = _as_integer_array(ref, "references")
         if tuple(p.shape) != tuple(r.shape):
             raise MetricInputError(
                 f"prediction shape {tuple(p.shape)} differs from reference shape {tuple(r.shape)}; "
                 "resize the prediction (or its logits) to the reference's resolution first"
             )
-        if p.device != r.device:
+        if isinstance(p, np.ndarray) != isinstance(r, np.ndarray):  # one on an accelerator
+            device = (r if isinstance(r, torch.Tensor) else p).device
+            p, r = (torch.as_tensor(x, device=device) for x in (p, r))
+        elif isinstance(p, torch.Tensor) and p.device != r.device:
             p = p.to(r.device)
         p = p.reshape(-1)
         r = r.reshape(-1)
-        if p.numel() == 0:
+        if p.shape[0] == 0:
             return
         if _in_byte_range(p) and _in_byte_range(r):
-            # int32 before multiplying: uint8 arithmetic would wrap
-            key = r.to(torch.int32, copy=True).mul_(_BYTE).add_(p)
-            hist = torch.bincount(key, minlength=_BYTE * _BYTE)
-            pending = self._pending.get(r.device)
-            self._pending[r.device] = hist if pending is None else pending.add_(hist)
+            hist = _byte_pair_histogram(p, r)
+            where = "numpy" if isinstance(hist, np.ndarray) else str(hist.device)
+            pending = self._pending.get(where)
+            self._pending[where] = hist if pending is None else pending.__iadd__(hist)
         else:
-            self._counts += self._general_counts(p, r)
-
-    def _general_counts(self, p: torch.Tensor, r: torch.Tensor) -> np.ndarray:
-        """``(N+1)x(N+1)`` counts for maps with values beyond a byte (any integer range)."""
-        n = self.num_labels
-        p = p.long()
-        r = r.long()
-        none = torch.tensor(n, device=r.device)
-        col = torch.where((p < 0) | (p >= n), none, p)
-        row = torch.where((r < 0) | (r >= n), none, r)
-        row = torch.where(r == self.ignore_index, none + 1, row)  # row N+1: dropped
-        key = row * (n + 1) + col
-        hist = torch.bincount(key, minlength=(n + 2) * (n + 1))[: (n + 1) * (n + 1)]
-        return hist.cpu().numpy().reshape(n + 1, n + 1)
+            self._counts += _general_counts(p, r, self.num_labels, self.ignore_index)
 
     def _fold(self, raw: np.ndarray) -> np.ndarray:
         """256x256 (reference value, prediction value) histogram -> ``(N+1)x(N+1)`` counts."""
@@ -171,7 +182,7 @@ class ConfusionMatrix:
 
     def _flush(self) -> None:
         for raw in self._pending.values():
-            self._counts += self._fold(raw.cpu().numpy())
+            self._counts += self._fold(raw if isinstance(raw, np.ndarray) else raw.cpu().numpy())
         self._pending.clear()
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:

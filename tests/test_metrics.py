@@ -393,3 +393,22 @@ def test_bad_construction_and_merge():
         ConfusionMatrix.from_counts(np.zeros((3, 4)))
     with pytest.raises(MetricInputError, match="one per image"):
         mean_iou([np.zeros((1, 1), np.int64)], [], 2)
+
+
+def test_torch_kernels_match_numpy_kernels():
+    """The torch kernels run on accelerators only; check them on CPU tensors here."""
+    from segdemo.metrics import _byte_pair_histogram, _general_counts
+
+    preds, refs = random_maps(9, 2, 30, oor=(30, 255))
+    p, r = preds[0].ravel(), refs[0].ravel()
+    np.testing.assert_array_equal(
+        _byte_pair_histogram(
+            torch.from_numpy(p.astype(np.uint8)), torch.from_numpy(r.astype(np.uint8))
+        ).numpy(),
+        _byte_pair_histogram(p.astype(np.uint8), r.astype(np.uint8)),
+    )
+    p[:3] = [-5, 1000, 29]
+    np.testing.assert_array_equal(
+        _general_counts(torch.from_numpy(p), torch.from_numpy(r), 30, 255),
+        _general_counts(p, r, 30, 255),
+    )
