@@ -350,7 +350,7 @@ def render(
     top = int(label_map.max()) if label_map.size else 0
     if result.task == Task.SEMANTIC:
         table = _fit(_class_colors(result, palette), top + 1)
-        opacity = np.full(len(table), alpha, np.float32)
+        covered = np.ones(len(table), bool)
     else:
         table = np.zeros((top + 1, 3), np.uint8)
         covered = np.zeros(top + 1, bool)  # False = untouched: label 0 and ids without a segment
@@ -358,52 +358,68 @@ def render(
             if seg_id <= top:
                 table[seg_id] = color
                 covered[seg_id] = True
-        opacity = np.where(covered, np.float32(alpha), np.float32(0))
-    out = _blend(image, label_map, table, opacity)
-    if contours:
-        edge = _edges(label_map, contour_thickness(height, width))
-        if result.task != Task.SEMANTIC:
-            edge &= covered[label_map]
-        dark = (table * _DARKEN).astype(np.uint8)
-        out[edge] = dark[label_map[edge]]
-    if not (labels or legend):
-        return out
     extra = legend_width(height, width) if legend else 0
-    canvas = Image.new("RGB", (width + extra, height), _LEGEND_BACKGROUND)
-    canvas.paste(Image.fromarray(out), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    font = _font(font_size(height, width))
+    canvas = np.empty((height, width + extra, 3), np.uint8)
+    thickness = contour_thickness(height, width) if contours else 0
+    _blend(image, label_map, table, covered, alpha, thickness, out=canvas[:, :width])
+    if labels or legend:
+        font = _font(font_size(height, width))
     if labels:
-        _draw_labels(draw, font, result, colors, width, height)
+        _draw_labels(canvas, font, result, colors, width, height)
     if legend:
-        _draw_legend(draw, font, legend_entries(result, palette), width, height, extra)
-    return np.asarray(canvas).copy()
+        canvas[:, width:] = _legend_strip(font, legend_entries(result, palette), height, extra)
+    return canvas
 
 
 def _blend(
-    image: np.ndarray, label_map: np.ndarray, table: np.ndarray, opacity: np.ndarray
-) -> np.ndarray:
-    """``image + (table[label_map] - image) * opacity[label_map]``, rounded, in row chunks."""
+    image: np.ndarray,
+    label_map: np.ndarray,
+    table: np.ndarray,
+    covered: np.ndarray,
+    alpha: float,
+    thickness: int,
+    out: np.ndarray,
+) -> None:
+    """Fill ``out`` with the overlay, in row chunks of about a megapixel.
+
+    Contour pixels index a second half of the colour table (the darkened colours, opacity 1),
+    so fill and contours are one lookup: no boolean scatter over the full image.
+    """
     height, width = label_map.shape
-    out = np.empty_like(image)
+    n = len(table)
+    colors = np.concatenate([table, (table * _DARKEN).astype(np.uint8)]).astype(np.float32)
+    opacity = np.concatenate([np.where(covered, alpha, 0.0), covered.astype(np.float64)]).astype(
+        np.float32
+    )
     rows = max(1, _CHUNK_PIXELS // max(1, width))
-    uniform = bool(np.all(opacity == opacity[0])) if len(opacity) else True
+    uniform = not thickness and bool(covered.all())  # plain semantic overlay: one scalar alpha
+    alpha = np.float32(alpha)
     for y in range(0, height, rows):
-        labels = label_map[y : y + rows]
-        base = image[y : y + rows].astype(np.float32)
-        color = np.take(table, labels, axis=0).astype(np.float32)
-        a = opacity[0] if uniform else np.take(opacity, labels)[..., None]
+        y1 = min(height, y + rows)
+        labels = label_map[y:y1]
+        if thickness:
+            # edges within `thickness` rows need the neighbouring rows too
+            lo, hi = max(0, y - thickness), min(height, y1 + thickness)
+            edge = _edges(label_map[lo:hi], thickness)[y - lo : y1 - lo]
+            labels = labels + n * edge
+        base = image[y:y1].astype(np.float32)
+        color = np.take(colors, labels, axis=0)
         color -= base
-        color *= a
+        color *= alpha if uniform else np.take(opacity, labels)[..., None]
         color += base
         np.rint(color, out=color)
-        out[y : y + rows] = color
-    return out
+        out[y:y1] = color
 
 
 def _draw_labels(
-    draw, font, result: SegmentationResult, colors: dict[int, Color], width: int, height: int
+    canvas: np.ndarray,
+    font,
+    result: SegmentationResult,
+    colors: dict[int, Color],
+    width: int,
+    height: int,
 ) -> None:
+    """Draw each label box on a small tile of ``canvas`` (no full-image PIL round trip)."""
     positions = label_positions(result)
     pad = max(1, font.size // 5)
     for seg in draw_order(result):
@@ -411,49 +427,45 @@ def _draw_labels(
             continue
         x, y = positions[seg.id]
         text = seg.label if seg.score is None else f"{seg.label} {seg.score:.0%}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        left, top, right, bottom = font.getbbox(text)
         box_w, box_h = right - left + 2 * pad, bottom - top + 2 * pad
         # centred on the point, shifted to stay inside the image (not over the legend)
         x0 = max(0, min(x - box_w // 2, width - box_w))
         y0 = max(0, min(y - box_h // 2, height - box_h))
+        x1, y1 = min(width, x0 + box_w), min(height, y0 + box_h)
         fill = colors[seg.id]
-        draw.rectangle((x0, y0, x0 + box_w - 1, y0 + box_h - 1), fill=fill, outline=_darker(fill))
-        draw.text((x0 + pad - left, y0 + pad - top), text, fill=_text_color(fill), font=font)
+        tile = Image.fromarray(np.ascontiguousarray(canvas[y0:y1, x0:x1]))
+        draw = ImageDraw.Draw(tile)
+        draw.rectangle((0, 0, box_w - 1, box_h - 1), fill=fill, outline=_darker(fill))
+        draw.text((pad - left, pad - top), text, fill=_text_color(fill), font=font)
+        canvas[y0:y1, x0:x1] = np.asarray(tile)
 
 
-def _draw_legend(
-    draw, font, entries: list[tuple[int, str, Color]], width: int, height: int, strip: int
-) -> None:
+def _legend_strip(
+    font, entries: list[tuple[int, str, Color]], height: int, width: int
+) -> np.ndarray:
+    """``height x width`` legend: swatch + name per entry, top to bottom, ``+N more`` when full."""
+    strip = Image.new("RGB", (width, height), _LEGEND_BACKGROUND)
+    draw = ImageDraw.Draw(strip)
     size = font.size
     pad = max(1, size // 2)
     row = round(size * 1.5)
     fits = max(0, (height - pad) // row)
     shown = entries if len(entries) <= fits else entries[: max(0, fits - 1)]
-    text_x = width + pad + size + pad
-    room = width + strip - pad - text_x
-    for i, (_, name, color) in enumerate(shown):
-        y = pad + i * row
-        draw.rectangle(
-            (width + pad, y, width + pad + size - 1, y + size - 1),
-            fill=color,
-            outline=_darker(color),
-        )
-        draw.text(
-            (text_x, y + size // 2),
-            _fit_text(draw, name, font, room),
-            fill=_LEGEND_TEXT,
-            font=font,
-            anchor="lm",
-        )
+    text_x = pad + size + pad
+    room = width - pad - text_x
+    lines = [(name, color) for _, name, color in shown]
     if len(shown) < len(entries) and fits > 0:
-        y = pad + len(shown) * row
-        draw.text(
-            (text_x, y + size // 2),
-            f"+{len(entries) - len(shown)} more",
-            fill=_LEGEND_TEXT,
-            font=font,
-            anchor="lm",
-        )
+        lines.append((f"+{len(entries) - len(shown)} more", None))
+    for i, (name, color) in enumerate(lines):
+        y = pad + i * row
+        if color is not None:
+            draw.rectangle(
+                (pad, y, pad + size - 1, y + size - 1), fill=color, outline=_darker(color)
+            )
+        text = _fit_text(draw, name, font, room)
+        draw.text((text_x, y + size // 2), text, fill=_LEGEND_TEXT, font=font, anchor="lm")
+    return np.asarray(strip)
 
 
 def _fit_text(draw, text: str, font, room: int) -> str:
