@@ -58,6 +58,7 @@ def build_tiny(
     out.mkdir(parents=True)
     torch.manual_seed(seed)
     model, processor = _BUILDERS[family](id2label, image_size, out)
+    _diversify(model, len(id2label), universal=family in UNIVERSAL_FAMILIES)
     model.eval()
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -84,6 +85,29 @@ def make_hf_cache(cache_dir: str | os.PathLike, repo_id: str, model_dir: str | o
         shutil.rmtree(snapshot)
     shutil.copytree(model_dir, snapshot)
     return snapshot
+
+
+def _diversify(model: torch.nn.Module, num_labels: int, universal: bool) -> None:
+    """Make a random model's predictions varied, so tests see many classes and segments.
+
+    Default init gives near-constant logits (one class everywhere) and universal models
+    whose queries all pick the "no object" class. The class classifiers (the layers with
+    ``num_labels`` outputs, ``num_labels + 1`` for universal models) get large random
+    weights, and the "no object" class a low bias.
+    """
+    width = num_labels + 1 if universal else num_labels
+    generator = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for module in model.modules():
+            out_features = getattr(module, "out_features", getattr(module, "out_channels", None))
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) or out_features != width:
+                continue
+            weight = torch.randn(module.weight.shape, generator=generator)
+            module.weight.copy_(weight * 3.0 / module.weight[0].numel() ** 0.5)
+            if module.bias is not None:
+                module.bias.zero_()
+                if universal:
+                    module.bias[-1] = -4.0
 
 
 def _label_kwargs(id2label: dict[int, str]) -> dict:

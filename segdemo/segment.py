@@ -1,0 +1,336 @@
+"""Semantic, instance and panoptic inference -> one :class:`SegmentationResult`.
+
+    >>> result = segment(load_model("local/segdemo-camvid"), load_image("street.jpg"), "semantic")
+    >>> result.label_map.shape, result.segments[0].label
+    ((360, 480), 'sky')
+
+Results equal ``transformers.pipeline("image-segmentation")`` on the same model, image
+and thresholds (the defaults below are the pipeline's): the same preprocessing, forward
+pass and post-processing functions of the model's image processor. Semantic
+segmentation differs only in *how* the argmax of the bilinearly upsampled logits is
+computed: class by class with a running maximum, so the ``C x H x W`` logits at full
+resolution (7.2 GB for 150 classes at 12 MP) never exist.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from segdemo import oneformer_post
+from segdemo.images import load_image
+from segdemo.models import LoadedModel
+from segdemo.result import Segment, SegmentationResult, Task, region_stats, segments_from_label_map
+
+UPSAMPLE_BUDGET_BYTES = 256 * 2**20
+"""Largest block of upsampled logits held at once (classes x H x W float32)."""
+
+
+def segment(
+    loaded: LoadedModel,
+    image: Image.Image | np.ndarray | str | os.PathLike | bytes,
+    task: Task | str,
+    *,
+    threshold: float = 0.9,
+    mask_threshold: float = 0.5,
+    overlap_mask_area_threshold: float = 0.5,
+    label_ids_to_fuse: set[int] | None = None,
+    max_size: int | None = None,
+) -> SegmentationResult:
+    """Segment one image.
+
+    Args:
+        loaded: a model from :func:`segdemo.models.load_model`.
+        image: RGB ``PIL.Image`` (anything else goes through :func:`segdemo.images.load_image`).
+        task: ``"semantic"``, ``"instance"`` or ``"panoptic"``; must be in ``loaded.tasks``.
+        threshold: instance/panoptic: minimum class probability of a query (pipeline: 0.9).
+        mask_threshold: instance/panoptic: probability at which a mask pixel is on.
+        overlap_mask_area_threshold: panoptic (and OneFormer instance): drop a segment
+            when less than this fraction of its mask survives the overlap resolution.
+        label_ids_to_fuse: panoptic: class ids (stuff) whose segments merge into one
+            per class. ``None``: nothing fused, as in the pipeline.
+        max_size: cap on the longest side of the *model input* (the processor's resize
+            target is shrunk to fit); the result is still at the image's resolution.
+
+    Returns:
+        :class:`SegmentationResult` at the image's ``(height, width)``: semantic label
+        maps hold class ids; instance/panoptic label maps hold segment ids ``1..n`` in the
+        order the post-processor emitted them (0 = no segment).
+
+    Raises:
+        UnsupportedTaskError: ``task`` is not one of ``loaded.tasks``.
+        ImageError: ``image`` is not a usable image.
+        ValueError: ``max_size`` below 32.
+    """
+    task = loaded.check_task(task)
+    if not (isinstance(image, Image.Image) and image.mode == "RGB"):
+        image = load_image(image)
+    if max_size is not None and max_size < 32:
+        raise ValueError(
+            f"max_size {max_size} is too small; use at least 32 pixels (or None for no cap)"
+        )
+    target_size = (image.height, image.width)
+    with torch.inference_mode():
+        outputs = _forward(loaded, image, task, max_size)
+        if task is Task.SEMANTIC:
+            scores = (
+                _image_processor(loaded)
+                .post_process_semantic_segmentation(
+                    outputs, target_sizes=None, return_segmentation_scores=True
+                )[0]
+                .segmentation_scores
+            )
+            label_map = upsample_argmax(scores, target_size)
+            return SegmentationResult(
+                task,
+                label_map,
+                segments_from_label_map(label_map, loaded.id2label),
+                loaded.id2label,
+            )
+        raw = _post_process_universal(
+            loaded,
+            outputs,
+            task,
+            threshold=threshold,
+            mask_threshold=mask_threshold,
+            overlap_mask_area_threshold=overlap_mask_area_threshold,
+            label_ids_to_fuse=set(label_ids_to_fuse or ()),
+            target_size=target_size,
+        )
+    return _to_result(loaded, task, raw, label_ids_to_fuse)
+
+
+# --------------------------------------------------------------------------- model input
+
+
+def _image_processor(loaded: LoadedModel) -> Any:
+    return getattr(loaded.processor, "image_processor", loaded.processor)
+
+
+def _forward(loaded: LoadedModel, image: Image.Image, task: Task, max_size: int | None) -> Any:
+    """Preprocess exactly as the pipeline does, then run the model."""
+    processor = _image_processor(loaded)
+    kwargs: dict[str, Any] = {}
+    if max_size is not None:
+        capped = capped_size(processor.size, (image.height, image.width), max_size)
+        if capped is not None:
+            kwargs["size"] = capped
+    if loaded.model_type == "oneformer":
+        inputs = processor(images=[image], task_inputs=[task.value], return_tensors="pt", **kwargs)
+        inputs["task_inputs"] = loaded.processor.tokenizer(
+            inputs["task_inputs"],
+            padding="max_length",
+            max_length=loaded.model.config.task_seq_len,
+            return_tensors="pt",
+        )["input_ids"]
+    else:
+        inputs = processor(images=[image], return_tensors="pt", **kwargs)
+    inputs = {
+        k: v.to(loaded.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()
+    }
+    return loaded.model(**inputs)
+
+
+def capped_size(size: Any, image_hw: tuple[int, int], max_size: int) -> dict | None:
+    """The processor ``size`` dict shrunk so the model input's longest side is <= ``max_size``.
+
+    Args:
+        size: the processor's ``size`` (``{"height", "width"}``, ``{"shortest_edge"[,
+            "longest_edge"]}`` or ``{"longest_edge"}``; a ``SizeDict`` or dict).
+        image_hw: ``(height, width)`` of the image.
+        max_size: cap in pixels.
+
+    Returns:
+        A new size dict, or ``None`` when the processor's input already fits.
+    """
+    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    height, width = get("height"), get("width")
+    shortest, longest = get("shortest_edge"), get("longest_edge")
+    if height and width:
+        if max(height, width) <= max_size:
+            return None
+        scale = max_size / max(height, width)
+        return {"height": max(1, int(height * scale)), "width": max(1, int(width * scale))}
+    aspect = max(image_hw) / min(image_hw)
+    if shortest and longest:
+        if min(longest, shortest * aspect) <= max_size:
+            return None
+        return {"shortest_edge": min(shortest, max_size), "longest_edge": min(longest, max_size)}
+    if shortest:
+        if shortest * aspect <= max_size:
+            return None
+        return {"shortest_edge": max(1, int(max_size / aspect))}
+    if longest:
+        return None if longest <= max_size else {"longest_edge": max_size}
+    return None
+
+
+# --------------------------------------------------------------------------- semantic
+
+
+def upsample_argmax(
+    logits: torch.Tensor, size: tuple[int, int], budget_bytes: int = UPSAMPLE_BUDGET_BYTES
+) -> np.ndarray:
+    """``F.interpolate(logits[None], size, "bilinear").argmax(1)`` in bounded memory.
+
+    Bilinear interpolation treats each class plane independently, so upsampling a
+    few classes at a time and keeping a running maximum gives the same argmax
+    (ties go to the lower class id, as ``argmax`` does). Classes that cannot win
+    anywhere are skipped first: an upsampled pixel is a convex combination of a 2x2
+    window of low-resolution pixels, so a class whose maximum over a window is below
+    another class's minimum over that window loses everywhere in that window.
+
+    Args:
+        logits: ``C x h x w`` float scores (any device).
+        size: ``(H, W)`` output size.
+        budget_bytes: largest upsampled block (classes x H x W x 4 bytes) at once.
+
+    Returns:
+        ``H x W`` ``int32`` class ids in ``0..C-1``.
+    """
+    logits = logits.float()
+    candidates = _candidate_classes(logits)
+    height, width = size
+    if candidates.numel() == 1:
+        return np.full(size, int(candidates[0]), dtype=np.int32)
+    chunk = max(1, min(candidates.numel(), budget_bytes // (4 * height * width)))
+    best_value = best_index = None
+    values = torch.empty((height, width), dtype=torch.float32, device=logits.device)
+    indices = torch.empty((height, width), dtype=torch.int64, device=logits.device)
+    for start in range(0, candidates.numel(), chunk):
+        classes = candidates[start : start + chunk]
+        block = F.interpolate(
+            logits[classes][None], size=size, mode="bilinear", align_corners=False
+        )[0]
+        torch.max(block, dim=0, out=(values, indices))
+        del block
+        chunk_index = classes.to(indices.device)[indices].to(torch.int32)
+        if best_value is None:
+            best_value, best_index = values.clone(), chunk_index
+            continue
+        # strictly greater: on ties the earlier (lower) class id keeps the pixel, like argmax
+        better = values > best_value
+        best_value = torch.where(better, values, best_value)
+        best_index = torch.where(better, chunk_index, best_index)
+    return best_index.cpu().numpy()
+
+
+def _candidate_classes(logits: torch.Tensor) -> torch.Tensor:
+    """Class ids that can be the argmax somewhere after bilinear upsampling (ascending)."""
+    if not torch.isfinite(logits).all():
+        return torch.arange(logits.shape[0], device=logits.device)
+    # replicate-pad one row/column so every 2x2 window exists, including the clamped edges
+    padded = F.pad(logits[None], (0, 1, 0, 1), mode="replicate")
+    window_max = F.max_pool2d(padded, kernel_size=2, stride=1)[0]
+    window_min = -F.max_pool2d(-padded, kernel_size=2, stride=1)[0]
+    floor = window_min.max(dim=0).values
+    # interpolation rounds: keep any class within a few float32 ulps of winning
+    tolerance = 64 * torch.finfo(torch.float32).eps * float(logits.abs().max()) + 1e-30
+    can_win = (window_max >= floor - tolerance).flatten(1).any(dim=1)
+    return torch.nonzero(can_win).flatten()
+
+
+# --------------------------------------------------------------------------- instance / panoptic
+
+
+def _post_process_universal(
+    loaded: LoadedModel,
+    outputs: Any,
+    task: Task,
+    *,
+    threshold: float,
+    mask_threshold: float,
+    overlap_mask_area_threshold: float,
+    label_ids_to_fuse: set[int],
+    target_size: tuple[int, int],
+) -> dict:
+    """The processor's post_process_{instance,panoptic}_segmentation, called as the pipeline does."""
+    if loaded.model_type == "oneformer":
+        # the library's OneFormer version needs torchvision (NameError 'tvF' without it)
+        if task is Task.INSTANCE:
+            return oneformer_post.post_process_instance(
+                outputs, threshold, mask_threshold, overlap_mask_area_threshold, target_size
+            )
+        return oneformer_post.post_process_panoptic(
+            outputs,
+            threshold,
+            mask_threshold,
+            overlap_mask_area_threshold,
+            label_ids_to_fuse,
+            target_size,
+        )
+    processor = _image_processor(loaded)
+    common = {
+        "threshold": threshold,
+        "mask_threshold": mask_threshold,
+        "overlap_mask_area_threshold": overlap_mask_area_threshold,
+        "target_sizes": [target_size],
+    }
+    if task is Task.INSTANCE:
+        return processor.post_process_instance_segmentation(outputs, **common)[0]
+    return processor.post_process_panoptic_segmentation(
+        outputs, label_ids_to_fuse=label_ids_to_fuse, **common
+    )[0]
+
+
+def _to_result(
+    loaded: LoadedModel, task: Task, raw: dict, label_ids_to_fuse: set[int] | None
+) -> SegmentationResult:
+    """Renumber the post-processor's segments ``1..n`` (it uses 0- or 1-based ids, -1 for none)."""
+    infos = raw["segments_info"]
+    segmentation = raw["segmentation"]
+    height, width = segmentation.shape[-2:]
+    label_map = np.zeros((height, width), dtype=np.int32)
+    if infos:
+        source = segmentation.to(torch.int64).cpu().numpy() + 1  # -1 (none) -> 0
+        lookup = np.zeros(int(source.max()) + 1, dtype=np.int32)
+        for new_id, info in enumerate(infos, start=1):
+            lookup[info["id"] + 1] = new_id
+        label_map = lookup[np.clip(source, 0, None)]
+    stats = {value: (area, bbox) for value, area, bbox in region_stats(label_map)}
+    thing_ids = _thing_ids(loaded)
+    segments = []
+    for new_id, info in enumerate(infos, start=1):
+        area, bbox = stats.get(new_id, (0, (0, 0, 0, 0)))
+        label_id = int(info["label_id"])
+        segments.append(
+            Segment(
+                id=new_id,
+                label=loaded.id2label.get(label_id, f"class_{label_id}"),
+                label_id=label_id,
+                score=float(info["score"]),
+                area=area,
+                bbox=bbox,
+                is_thing=_is_thing(task, label_id, info, label_ids_to_fuse, thing_ids),
+            )
+        )
+    return SegmentationResult(task, label_map, segments, loaded.id2label)
+
+
+def _thing_ids(loaded: LoadedModel) -> set[int] | None:
+    metadata = getattr(_image_processor(loaded), "metadata", None)
+    if isinstance(metadata, dict) and "thing_ids" in metadata:
+        return {int(i) for i in metadata["thing_ids"]}
+    return None
+
+
+def _is_thing(
+    task: Task,
+    label_id: int,
+    info: dict,
+    label_ids_to_fuse: set[int] | None,
+    thing_ids: set[int] | None,
+) -> bool | None:
+    """Panoptic only: stuff = the classes the caller fuses, else the model's own thing list."""
+    if task is not Task.PANOPTIC:
+        return None
+    if label_ids_to_fuse:
+        return label_id not in label_ids_to_fuse
+    if thing_ids is not None:
+        return label_id in thing_ids
+    return None
