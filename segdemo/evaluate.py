@@ -1,0 +1,350 @@
+"""``python -m segdemo evaluate``: mIoU of a model, or of saved predictions, on a folder dataset.
+
+    python -m segdemo evaluate --model checkpoints/camvid --data-dir ../shared/datasets/camvid \\
+        --ignore-index 11 --out metrics.json
+    python -m segdemo evaluate --pred-dir out/ --data-dir ../shared/datasets/camvid \\
+        --ignore-index 11 --out metrics.json     # scores out/NAME_labels.png from `predict`
+
+The dataset is the folder layout of :mod:`segdemo.data` (``DIR/SPLIT/images``,
+``DIR/SPLIT/annotations``, ``DIR/id2label.json``). Annotations become training ids
+through :func:`segdemo.labels.to_train_ids` (``--reduce-labels``, ``--ignore-index``);
+scoring is :class:`segdemo.metrics.ConfusionMatrix` (🤗 evaluate's ``mean_iou``
+semantics), always at the annotation's resolution.
+
+The JSON written to ``--out`` holds ``mean_iou``, ``mean_accuracy``,
+``overall_accuracy``, ``per_category_iou`` and ``per_category_accuracy`` (objects keyed
+by class name; ``null`` for a class absent from both predictions and references) and
+an ``evaluation`` object recording what was scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segdemo.data import VAL_SPLITS, DatasetError, find_pairs, read_annotation, read_id2label
+from segdemo.images import ImageError, load_image
+from segdemo.labels import IGNORE_INDEX, to_train_ids
+from segdemo.metrics import ConfusionMatrix, MetricInputError
+
+LABELS_SUFFIX = "_labels.png"
+"""``predict`` writes the label map of ``NAME.jpg`` as ``NAME_labels.png``."""
+
+
+class EvaluateError(ValueError):
+    """Inputs that cannot be evaluated; the one-line message says what to do."""
+
+
+Predictor = Callable[[str, Image.Image | None, tuple[int, int]], np.ndarray]
+"""``(name, image, (height, width)) -> HxW integer class ids`` at that size."""
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def evaluate_folder(
+    data_dir: str | os.PathLike,
+    predict: Predictor,
+    *,
+    split: str = "val",
+    reduce_labels: bool = False,
+    ignore_index: int | None = None,
+    needs_image: bool = True,
+    progress: bool = False,
+) -> tuple[ConfusionMatrix, dict[int, str], int]:
+    """Score ``predict`` on every pair of ``data_dir/split``.
+
+    Args:
+        data_dir: folder dataset root (see :mod:`segdemo.data`).
+        predict: gives the prediction for each sample at the annotation's size.
+        split: split folder; ``"val"`` also finds ``validation``.
+        reduce_labels, ignore_index: raw annotation conventions, see
+            :func:`segdemo.labels.to_train_ids`. Raw 255 is always ignored.
+        needs_image: ``False`` when ``predict`` does not look at the photo (saved
+            predictions): the images are then not decoded.
+        progress: show a tqdm bar on stderr (only on a terminal).
+
+    Returns:
+        ``(confusion matrix, id2label, number of images)``.
+
+    Raises:
+        DatasetError / EvaluateError: missing folders, files, or mismatched sizes.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise EvaluateError(
+            f"{root}: data folder not found; pass --data-dir DIR with DIR/{split}/images"
+        )
+    id2label = read_id2label(root)
+    pairs = _find_split(root, split)
+    matrix = ConfusionMatrix(len(id2label), IGNORE_INDEX)
+    for pair in _progress(pairs, progress):
+        raw = read_annotation(pair.annotation, name=str(pair.annotation))
+        ref = to_train_ids(raw, reduce_labels=reduce_labels, ignore_index=ignore_index)
+        image = _read_image(pair.image) if needs_image else None
+        pred = np.asarray(predict(pair.name, image, ref.shape))
+        if pred.shape != ref.shape:
+            raise EvaluateError(
+                f"{pair.name}: prediction is {_hw(pred.shape)} but {pair.annotation.name} is {_hw(ref.shape)}; "
+                "predict at the annotation's resolution"
+            )
+        matrix.update(pred, ref)
+    return matrix, id2label, len(pairs)
+
+
+def _find_split(root: Path, split: str) -> list:
+    candidates = VAL_SPLITS if split in VAL_SPLITS else (split,)
+    for name in candidates:
+        pairs = find_pairs(root, name)
+        if pairs:
+            return pairs
+    present = sorted(p.name for p in root.iterdir() if (p / "annotations").is_dir())
+    raise EvaluateError(
+        f"{root / split}: no images/annotations pairs; choose --split from: {', '.join(present) or 'none found'}"
+    )
+
+
+def _read_image(path: Path) -> Image.Image:
+    try:
+        return load_image(path, name=str(path))
+    except ImageError as err:
+        raise DatasetError(str(err)) from None
+
+
+def _hw(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _progress(items: list, enabled: bool) -> Iterator:
+    if not enabled:
+        return iter(items)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(items, desc="evaluate", unit="img", disable=None, file=sys.stderr))
+
+
+def model_predictor(model_id: str, max_size: int | None = None) -> tuple[Predictor, dict[int, str]]:
+    """A :data:`Predictor` running ``model_id`` (semantic task) and the model's ``id2label``.
+
+    The photo is resized to the annotation's size first (if they differ), so the
+    logits are upsampled to, and the argmax taken at, the reference resolution.
+    """
+    from segdemo.models import load_model
+    from segdemo.segment import segment
+
+    loaded = load_model(model_id)
+
+    def predict(name: str, image: Image.Image | None, size: tuple[int, int]) -> np.ndarray:
+        if image is None:
+            raise EvaluateError(f"{name}: no image to run the model on")
+        if (image.height, image.width) != tuple(size):
+            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        return segment(loaded, image, "semantic", max_size=max_size).label_map
+
+    return predict, loaded.id2label
+
+
+def saved_predictor(pred_dir: str | os.PathLike) -> Predictor:
+    """A :data:`Predictor` reading ``pred_dir/NAME_labels.png`` (as written by ``predict``)."""
+    folder = Path(pred_dir)
+    if not folder.is_dir():
+        raise EvaluateError(
+            f"{folder}: prediction folder not found; pass the --out DIR of `predict`"
+        )
+
+    def predict(name: str, image: Image.Image | None, size: tuple[int, int]) -> np.ndarray:
+        path = folder / f"{name}{LABELS_SUFFIX}"
+        if not path.is_file():
+            raise EvaluateError(
+                f"{path}: missing prediction; run `python -m segdemo predict` on the split's images with --out {folder}"
+            )
+        try:
+            return read_annotation(path)
+        except DatasetError as err:
+            raise EvaluateError(str(err)) from None
+
+    return predict
+
+
+# --------------------------------------------------------------------------- report
+
+
+def build_report(metrics: dict, id2label: dict[int, str], evaluation: dict) -> dict:
+    """JSON-ready report: per-category values keyed by class name, NaN -> ``None``."""
+    names = [id2label[i] for i in range(len(id2label))]
+    if len(set(names)) != len(names):  # keep duplicate names apart
+        names = [f"{i}:{name}" for i, name in enumerate(names)]
+
+    def clean(value: float) -> float | None:
+        return None if math.isnan(value) else float(value)
+
+    report = {key: clean(metrics[key]) for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
+    for key in ("per_category_iou", "per_category_accuracy"):
+        report[key] = {name: clean(v) for name, v in zip(names, metrics[key], strict=True)}
+    report["evaluation"] = evaluation
+    return report
+
+
+def format_table(report: dict) -> str:
+    """Per-class IoU / accuracy and the three summary numbers as fixed-width text."""
+
+    def pct(value: float | None) -> str:
+        return "   -  " if value is None else f"{100 * value:6.2f}"
+
+    names = list(report["per_category_iou"])
+    width = max([len("class"), *(len(n) for n in names)])
+    lines = [f"{'class':<{width}}   IoU %   Acc %"]
+    for name in names:
+        lines.append(
+            f"{name:<{width}}  {pct(report['per_category_iou'][name])}  {pct(report['per_category_accuracy'][name])}"
+        )
+    lines.append("-" * len(lines[0]))
+    lines.append(
+        f"mIoU {pct(report['mean_iou']).strip()}  mAcc {pct(report['mean_accuracy']).strip()}  "
+        f"aAcc {pct(report['overall_accuracy']).strip()}  ({report['evaluation']['num_images']} images)"
+    )
+    return "\n".join(lines)
+
+
+def write_json(report: dict, out: str | os.PathLike) -> Path:
+    """Write ``report`` (strict JSON: no NaN) to ``out``, creating parent folders."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``evaluate`` on the ``python -m segdemo`` subparsers (sets ``run``)."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="mIoU of a model (or of saved predictions) on a folder dataset",
+        description=__doc__.split("\n\n")[0],
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--model", help="model id from `python -m segdemo models`, or a checkpoint folder"
+    )
+    what.add_argument(
+        "--pred-dir", help="folder of NAME_labels.png written by `python -m segdemo predict`"
+    )
+    parser.add_argument(
+        "--data-dir", required=True, help="DIR with SPLIT/images, SPLIT/annotations, id2label.json"
+    )
+    parser.add_argument("--split", default="val", help="split folder to score (default: val)")
+    parser.add_argument(
+        "--reduce-labels",
+        action="store_true",
+        help="ADE20K convention: raw 0 is ignored and raw v is class v-1",
+    )
+    parser.add_argument(
+        "--ignore-index",
+        type=int,
+        default=None,
+        help="raw annotation value meaning void, e.g. 11 for CamVid (255 is always ignored)",
+    )
+    parser.add_argument("--out", required=True, help="where to write the metrics JSON")
+    parser.add_argument(
+        "--max-size", type=int, default=None, help="cap on the model input's longest side"
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the table, write ``--out``. Returns 0, or 2 with a one-line error."""
+    try:
+        report = _run(args)
+    except _expected_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """Bad input or environment (one-line messages); anything else is a bug and keeps its traceback."""
+    from segdemo.checkpoint import CheckpointError
+    from segdemo.models import ModelLoadError, UnsupportedTaskError
+    from segdemo.registry import ModelNotAllowedError
+
+    return (
+        EvaluateError,
+        DatasetError,
+        MetricInputError,
+        ImageError,
+        ModelLoadError,
+        ModelNotAllowedError,
+        UnsupportedTaskError,
+        CheckpointError,
+        OSError,
+    )
+
+
+def _run(args: argparse.Namespace) -> dict:
+    root = Path(args.data_dir)
+    if not root.is_dir():
+        raise EvaluateError(
+            f"{root}: data folder not found; pass --data-dir DIR with DIR/{args.split}/images"
+        )
+    data_labels = read_id2label(root)  # fail on the dataset before spending time on a model
+    if args.pred_dir is not None:
+        predict, needs_image = saved_predictor(args.pred_dir), False
+        source = {"pred_dir": str(args.pred_dir)}
+    else:
+        # the command line is the operator: checkpoint folders and hub ids are allowed here
+        os.environ.setdefault("SEGDEMO_ALLOW_ANY_MODEL", "1")
+        predict, model_labels = model_predictor(args.model, args.max_size)
+        if len(model_labels) != len(data_labels):
+            raise EvaluateError(
+                f"{args.model} predicts {len(model_labels)} classes but {root / 'id2label.json'} has "
+                f"{len(data_labels)}; evaluate a model trained on this dataset's classes"
+            )
+        needs_image = True
+        source = {"model": args.model, "max_size": args.max_size}
+    matrix, id2label, count = evaluate_folder(
+        root,
+        predict,
+        split=args.split,
+        reduce_labels=args.reduce_labels,
+        ignore_index=args.ignore_index,
+        needs_image=needs_image,
+        progress=True,
+    )
+    evaluation = source | {
+        "data_dir": str(root),
+        "split": args.split,
+        "num_images": count,
+        "num_labels": len(id2label),
+        "reduce_labels": bool(args.reduce_labels),
+        "ignore_index": args.ignore_index,
+    }
+    report = build_report(matrix.compute(), id2label, evaluation)
+    write_json(report, args.out)
+    return report
+
+
+__all__ = [
+    "EvaluateError",
+    "MetricInputError",
+    "add_evaluate_command",
+    "build_report",
+    "evaluate_folder",
+    "format_table",
+    "model_predictor",
+    "saved_predictor",
+]
