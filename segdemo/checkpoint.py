@@ -375,6 +375,10 @@ def _load_model(folder: Path, kind: str, use_safetensors: bool) -> Any:
         )
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "ignore_mismatched_sizes" in reason:
+            raise CheckpointError(
+                f"{folder}: the weights do not match config.json (tensor shapes differ); re-save the checkpoint"
+            ) from None
         raise CheckpointError(f"{folder}: the model could not be loaded ({reason[:300]})") from None
     missing = list(info.get("missing_keys") or [])
     mismatched = list(info.get("mismatched_keys") or [])
