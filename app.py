@@ -1,0 +1,341 @@
+"""segdemo's Gradio Space: semantic, instance and panoptic segmentation, and a comparison.
+
+Run it with ``python app.py`` (http://127.0.0.1:7860; GRADIO_SERVER_NAME and
+GRADIO_SERVER_PORT override host and port). This file only assembles the UI: every
+request goes through :mod:`segdemo.service`, and no model is loaded until the first
+request that needs it.
+
+API (gradio_client): ``/semantic``, ``/instance``, ``/panoptic``, ``/compare``.
+Uploads are capped at :data:`MAX_FILE_SIZE`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from pathlib import Path
+
+# before gradio is imported: it reads this once, at import
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from segdemo import service  # noqa: E402
+from segdemo.result import Task  # noqa: E402
+
+log = logging.getLogger("segdemo.app")
+
+MAX_FILE_SIZE = "20mb"
+"""Largest upload gradio accepts (checked before any decoding); documented in the README."""
+
+QUEUE_MAX_SIZE = int(os.environ.get("SEGDEMO_QUEUE_SIZE", "32"))
+"""Requests that may wait; beyond it the queue answers "queue full" instead of piling up."""
+
+INFERENCE_CONCURRENCY = int(os.environ.get("SEGDEMO_CONCURRENCY", "1"))
+"""Inference events running at once, across all tabs. torch already spreads one request
+over every core, so running two at once mostly doubles the memory, not the speed."""
+
+CONCURRENCY_ID = "inference"
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+
+THEME = gr.themes.Default(
+    primary_hue="teal",
+    # system fonts only: a page that fetches fonts from a CDN leaks visits and breaks offline
+    font=["ui-sans-serif", "system-ui", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "monospace"],
+)
+
+DESCRIPTIONS = {
+    Task.SEMANTIC: "Every pixel gets a class (road, sky, person...); objects of one class merge into one region.",
+    Task.INSTANCE: "Each countable object (every person, every car) gets its own mask and score; background stays empty.",
+    Task.PANOPTIC: "Both at once: every pixel belongs to a stuff region (sky, road) or to one numbered thing.",
+}
+
+
+class ImageInput(gr.Image):
+    """``gr.Image`` that hands the uploaded file to segdemo undecoded.
+
+    gr.Image would open the file with Pillow itself, so a broken upload would fail
+    inside gradio with a bare "Error"; passing the path on lets
+    :func:`segdemo.images.load_image` refuse it with a message that says what is wrong.
+    """
+
+    is_template = True  # the browser draws it with gr.Image's own component
+
+    def preprocess(self, payload):
+        if payload is None or payload.path is None:
+            return super().preprocess(payload)
+        return payload.path
+
+
+def example_images() -> list[str]:
+    """Committed example photos (see examples/LICENSE.md), sorted by name."""
+    return sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
+
+
+def _run(task: Task, image, model_id, options_kwargs: dict, progress: gr.Progress):
+    try:
+        options = service.Options(**options_kwargs)
+        output = service.run_task(
+            image, model_id, task, options, service.new_request_dir(), _adapt(progress)
+        )
+    except service.USER_ERRORS as err:
+        raise gr.Error(html.escape(str(err)), print_exception=False) from None
+    except Exception as err:
+        log.exception("%s request failed", task.value)
+        raise gr.Error(
+            f"{task.value} segmentation failed unexpectedly ({type(err).__name__}); "
+            "the server log has the details"
+        ) from None
+    return (
+        gr.AnnotatedImage(value=(output.image, output.annotations), color_map=output.color_map),
+        output.overlay,
+        output.table,
+        str(output.label_map_png),
+        str(output.segments_json),
+    )
+
+
+def _adapt(progress: gr.Progress) -> service.Progress:
+    return lambda fraction, description: progress(fraction, desc=description)
+
+
+PROGRESS = gr.Progress()
+"""Default of the handlers' ``progress`` argument: gradio recognises it and routes each
+call's updates to that call's event."""
+
+
+# One function per endpoint: gradio names the API parameters after these arguments.
+def semantic(image, model, opacity, progress=PROGRESS):
+    """Semantic segmentation: class per pixel."""
+    return _run(Task.SEMANTIC, image, model, {"alpha": opacity}, progress)
+
+
+def instance(
+    image,
+    model,
+    threshold,
+    mask_threshold,
+    overlap_mask_area_threshold,
+    opacity,
+    progress=PROGRESS,
+):
+    """Instance segmentation: one scored mask per object."""
+    options = {
+        "threshold": threshold,
+        "mask_threshold": mask_threshold,
+        "overlap_mask_area_threshold": overlap_mask_area_threshold,
+        "alpha": opacity,
+    }
+    return _run(Task.INSTANCE, image, model, options, progress)
+
+
+def panoptic(
+    image,
+    model,
+    threshold,
+    mask_threshold,
+    overlap_mask_area_threshold,
+    opacity,
+    progress=PROGRESS,
+):
+    """Panoptic segmentation: stuff regions plus numbered things."""
+    options = {
+        "threshold": threshold,
+        "mask_threshold": mask_threshold,
+        "overlap_mask_area_threshold": overlap_mask_area_threshold,
+        "alpha": opacity,
+    }
+    return _run(Task.PANOPTIC, image, model, options, progress)
+
+
+def compare(image, semantic_model, instance_model, panoptic_model, opacity, progress=PROGRESS):
+    """One image through the three tasks; a task without a usable model gets a note."""
+    model_ids = {
+        Task.SEMANTIC: semantic_model,
+        Task.INSTANCE: instance_model,
+        Task.PANOPTIC: panoptic_model,
+    }
+    try:
+        outputs = service.run_compare(
+            image,
+            model_ids,
+            service.Options(alpha=opacity),
+            service.new_request_dir(),
+            _adapt(progress),
+        )
+    except service.USER_ERRORS as err:
+        raise gr.Error(html.escape(str(err)), print_exception=False) from None
+    except Exception as err:
+        log.exception("compare request failed")
+        raise gr.Error(
+            f"comparison failed unexpectedly ({type(err).__name__}); the server log has the details"
+        ) from None
+    values = []
+    for task in model_ids:
+        output = outputs[task]
+        if isinstance(output, str):
+            values += [None, f"⚠️ {html.escape(output)}"]
+        else:
+            values += [
+                output.overlay,
+                f"`{html.escape(output.model_id)}`: {len(output.table)} segments",
+            ]
+    return values
+
+
+def _model_dropdown(task: Task, elem_id: str) -> gr.Dropdown:
+    choices = service.model_choices(task)
+    return gr.Dropdown(
+        choices=choices,
+        value=service.default_model_id(task),
+        label=f"{task.value.capitalize()} model",
+        # typed ids are checked by the service (registry only, unless the operator allows more)
+        allow_custom_value=True,
+        elem_id=elem_id,
+    )
+
+
+def _no_model_note(task: Task) -> None:
+    if service.default_model_id(task) is None:
+        gr.Markdown(f"⚠️ {html.escape(service.no_model_message(task))}")
+
+
+def _threshold_sliders(task: Task) -> list[gr.Slider]:
+    defaults = service.Options()
+    threshold = gr.Slider(
+        0,
+        1,
+        defaults.threshold,
+        step=0.05,
+        label="Score threshold",
+        elem_id=f"{task.value}-threshold",
+    )
+    with gr.Accordion("Mask settings", open=False):
+        mask_threshold = gr.Slider(0, 1, defaults.mask_threshold, step=0.05, label="Mask threshold")
+        overlap = gr.Slider(
+            0, 1, defaults.overlap_mask_area_threshold, step=0.05, label="Overlap area threshold"
+        )
+    return [threshold, mask_threshold, overlap]
+
+
+def _opacity_slider(elem_id: str) -> gr.Slider:
+    return gr.Slider(
+        0, 1, service.Options().alpha, step=0.05, label="Overlay opacity", elem_id=elem_id
+    )
+
+
+def _image_input(elem_id: str) -> ImageInput:
+    return ImageInput(
+        type="filepath", sources=["upload", "clipboard", "webcam"], label="Image", elem_id=elem_id
+    )
+
+
+def create_task_tab(task: Task) -> None:
+    """One task tab: inputs on the left, annotated image, overlay, table and downloads on the right."""
+    name = task.value
+    handler = {Task.SEMANTIC: semantic, Task.INSTANCE: instance, Task.PANOPTIC: panoptic}[task]
+    with gr.Tab(name.capitalize(), id=name, elem_id=f"{name}-tab"):
+        gr.Markdown(DESCRIPTIONS[task])
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = _image_input(f"{name}-image")
+                model = _model_dropdown(task, f"{name}-model")
+                _no_model_note(task)
+                sliders = [] if task is Task.SEMANTIC else _threshold_sliders(task)
+                opacity = _opacity_slider(f"{name}-opacity")
+                button = gr.Button("Segment", variant="primary", elem_id=f"{name}-run")
+                gr.Examples(examples=example_images(), inputs=image, cache_examples=False)
+            with gr.Column(scale=2):
+                annotated = gr.AnnotatedImage(label="Segments", elem_id=f"{name}-annotated")
+                overlay = gr.Image(
+                    label="Overlay", interactive=False, format="png", elem_id=f"{name}-overlay"
+                )
+                table = gr.Dataframe(
+                    headers=list(service.TABLE_COLUMNS),
+                    datatype=["str", "number", "number"],
+                    interactive=False,
+                    label="Segments table",
+                    elem_id=f"{name}-table",
+                )
+                with gr.Row():
+                    label_map = gr.File(label="Label map (PNG)", elem_id=f"{name}-labelmap")
+                    segments = gr.File(label="Segments (JSON)", elem_id=f"{name}-json")
+        button.click(
+            handler,
+            inputs=[image, model, *sliders, opacity],
+            outputs=[annotated, overlay, table, label_map, segments],
+            api_name=name,
+            concurrency_id=CONCURRENCY_ID,
+            concurrency_limit=INFERENCE_CONCURRENCY,
+        )
+
+
+def create_compare_tab() -> None:
+    """One image through all three tasks, side by side."""
+    with gr.Tab("Compare", id="compare", elem_id="compare-tab"):
+        gr.Markdown("One image through semantic, instance and panoptic segmentation, side by side.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = _image_input("compare-image")
+                models = [_model_dropdown(task, f"compare-{task.value}-model") for task in Task]
+                opacity = _opacity_slider("compare-opacity")
+                button = gr.Button("Compare", variant="primary", elem_id="compare-run")
+                gr.Examples(examples=example_images(), inputs=image, cache_examples=False)
+        outputs = []
+        with gr.Row():
+            for task in Task:
+                with gr.Column(min_width=240):
+                    outputs.append(
+                        gr.Image(
+                            label=task.value.capitalize(),
+                            interactive=False,
+                            format="png",
+                            elem_id=f"compare-{task.value}",
+                        )
+                    )
+                    outputs.append(gr.Markdown(elem_id=f"compare-{task.value}-note"))
+        button.click(
+            compare,
+            inputs=[image, *models, opacity],
+            outputs=outputs,
+            api_name="compare",
+            concurrency_id=CONCURRENCY_ID,
+            concurrency_limit=INFERENCE_CONCURRENCY,
+        )
+
+
+def create_app() -> gr.Blocks:
+    """Build the UI (no model is loaded); local checkpoints are discovered now, once."""
+    with gr.Blocks(title="segdemo: image segmentation") as demo:
+        gr.Markdown(
+            "# segdemo: image segmentation with 🤗 transformers\n"
+            "Upload a photo (or pick an example), choose a model, press **Segment**. "
+            f"Uploads up to {MAX_FILE_SIZE.upper()}; models load on first use."
+        )
+        with gr.Tabs():
+            for task in Task:
+                create_task_tab(task)
+            create_compare_tab()
+    demo.queue(default_concurrency_limit=INFERENCE_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """``Blocks.launch`` settings shared by ``python app.py`` and the tests (gradio 6: theme goes here)."""
+    return {"theme": THEME, "max_file_size": MAX_FILE_SIZE}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    create_app().launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        **launch_kwargs(),
+    )
+
+
+if __name__ == "__main__":
+    main()

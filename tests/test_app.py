@@ -1,0 +1,209 @@
+"""app.py end to end: the launched app, called through gradio_client over loopback.
+
+Tiny random-init checkpoints (tests/builders.py) are the only models; the hub is
+never contacted (HF_HUB_OFFLINE=1 from conftest).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.builders import DEFAULT_ID2LABEL, build_tiny
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+SEMANTIC_ID = "local/app-segformer"
+UNIVERSAL_ID = "local/app-mask2former"
+NAMES = set(DEFAULT_ID2LABEL.values())
+PHOTO_SIZE = (120, 80)  # width, height
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """(demo, client, files): the app on a free loopback port with two tiny local models."""
+    root = tmp_path_factory.mktemp("app-checkpoints")
+    build_tiny("segformer", root / "app-segformer")
+    build_tiny("mask2former", root / "app-mask2former")
+    files = tmp_path_factory.mktemp("app-files")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEGDEMO_CHECKPOINTS", str(root))
+        mp.delenv("SEGDEMO_ALLOW_ANY_MODEL", raising=False)
+        import app
+
+        demo = app.create_app()
+        demo.launch(
+            prevent_thread_lock=True,
+            server_name="127.0.0.1",
+            server_port=_free_port(),
+            quiet=True,
+            **app.launch_kwargs(),
+        )
+        try:
+            client = Client(demo.local_url, verbose=False, download_files=str(files))
+            yield demo, client, files
+        finally:
+            demo.close()
+
+
+@pytest.fixture(scope="module")
+def photo(launched) -> str:
+    _, _, files = launched
+    width, height = PHOTO_SIZE
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 2, y * 3, (x + y) % 256], axis=-1).astype(np.uint8)
+    path = files / "photo.png"
+    Image.fromarray(rgb).save(path)
+    return str(path)
+
+
+def _check_task_outputs(outputs, task: str) -> None:
+    update, overlay, table, label_map, segments_json = outputs
+    width, height = PHOTO_SIZE
+    # the annotated image comes as a component update: its colours change per request
+    annotated, color_map = update["value"], update["color_map"]
+    with Image.open(annotated["image"]) as base:
+        assert base.size == PHOTO_SIZE
+    labels = [a["label"] for a in annotated["annotations"]]
+    assert labels, "the tiny model should find at least one region"
+    for annotation in annotated["annotations"]:
+        with Image.open(annotation["image"]) as mask:
+            assert mask.size == PHOTO_SIZE and mask.mode == "RGBA"
+            assert np.asarray(mask)[..., 3].max() == 255  # visible, not the invisible uint8 trap
+    assert set(color_map) == set(labels)
+    assert all(re.fullmatch(r"#[0-9a-f]{6}", color) for color in color_map.values())
+    assert {label.rsplit(" ", 1)[0] if label[-1].isdigit() else label for label in labels} <= NAMES
+    with Image.open(overlay) as image:
+        assert image.height == height and image.width >= width
+    assert table["headers"] == ["label", "score", "area %"]
+    assert [row[0] for row in table["data"]] == labels
+    label_ids = np.asarray(Image.open(label_map))
+    assert label_ids.shape == (height, width)
+    summary = json.loads(Path(segments_json).read_text())
+    assert summary["task"] == task and sum(s["area"] > 0 for s in summary["segments"]) == len(
+        labels
+    )
+    assert set(np.unique(label_ids)) - {0} <= {s["id"] for s in summary["segments"]}
+
+
+@pytest.mark.parametrize(
+    "api_name, args",
+    [
+        ("/semantic", (SEMANTIC_ID, 0.5)),  # model, opacity
+        ("/semantic", (UNIVERSAL_ID, 0.3)),  # the universal model's semantic head
+        # score/mask/overlap thresholds at 0 so the random model's queries survive
+        ("/instance", (UNIVERSAL_ID, 0.0, 0.0, 0.0, 0.5)),
+        ("/panoptic", (UNIVERSAL_ID, 0.0, 0.0, 0.0, 0.5)),
+    ],
+)
+def test_task_endpoints(launched, photo, api_name, args):
+    _, client, _ = launched
+    outputs = client.predict(handle_file(photo), *args, api_name=api_name)
+    _check_task_outputs(outputs, api_name.strip("/"))
+
+
+def test_compare_endpoint_notes_a_missing_model(launched, photo):
+    _, client, _ = launched
+    sem, sem_note, inst, inst_note, pan, pan_note = client.predict(
+        handle_file(photo), SEMANTIC_ID, "", UNIVERSAL_ID, 0.5, api_name="/compare"
+    )
+    for image in (sem, pan):
+        with Image.open(image) as shown:
+            assert shown.height == PHOTO_SIZE[1]
+    assert inst is None and "No instance model" in inst_note
+    assert SEMANTIC_ID in sem_note and UNIVERSAL_ID in pan_note
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name, make, model_id, words",
+    [
+        ("notes.png", lambda p: b"these bytes are not an image", SEMANTIC_ID, "not an image"),
+        ("empty.png", lambda p: b"", SEMANTIC_ID, "empty"),
+        # the first 600 bytes of a real JPEG: header fine, data cut off
+        ("cut.jpg", lambda p: _jpeg_bytes()[:600], SEMANTIC_ID, "truncated"),
+        ("strip.png", lambda p: _png_bytes(4000, 8), SEMANTIC_ID, "elongated"),
+        ("ok.png", lambda p: Path(p).read_bytes(), "facebook/not-offered", "not offered"),
+        ("ok.png", lambda p: Path(p).read_bytes(), "/etc", "not offered"),
+    ],
+)
+def test_bad_requests_show_an_error_and_the_app_keeps_serving(
+    launched, photo, name, make, model_id, words
+):
+    _, client, files = launched
+    bad = _write(files / name, make(photo))
+    with pytest.raises(AppError, match=words):
+        client.predict(handle_file(bad), model_id, 0.5, api_name="/semantic")
+    outputs = client.predict(handle_file(photo), SEMANTIC_ID, 0.5, api_name="/semantic")
+    _check_task_outputs(outputs, "semantic")
+
+
+def test_uploads_over_the_size_cap_are_refused(launched, photo):
+    _, client, files = launched
+    huge = files / "huge.png"
+    with huge.open("wb") as f:
+        f.truncate(21 * 1024 * 1024)  # sparse: just over the 20 MB cap
+    with pytest.raises(Exception, match="(?i)size|large"):
+        client.predict(handle_file(str(huge)), SEMANTIC_ID, 0.5, api_name="/semantic")
+    outputs = client.predict(handle_file(photo), SEMANTIC_ID, 0.5, api_name="/semantic")
+    _check_task_outputs(outputs, "semantic")
+
+
+def test_app_wiring(launched):
+    demo, _, _ = launched
+    config = demo.config
+    endpoints = {fn.api_name: fn for fn in demo.fns.values()}
+    for name in ("semantic", "instance", "panoptic", "compare"):
+        # all inference shares one concurrency group, so tabs cannot oversubscribe the CPU
+        assert endpoints[name].concurrency_id == "inference"
+    by_elem = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
+    semantic_choices = [choice[1] for choice in by_elem["semantic-model"]["choices"]]
+    instance_choices = [choice[1] for choice in by_elem["instance-model"]["choices"]]
+    assert {SEMANTIC_ID, UNIVERSAL_ID} <= set(semantic_choices)
+    assert UNIVERSAL_ID in instance_choices and SEMANTIC_ID not in instance_choices
+    assert by_elem["instance-model"]["value"] == UNIVERSAL_ID  # offline: first local model
+    assert demo._queue.max_size is not None  # a full queue refuses instead of growing
+
+
+def test_creating_the_app_loads_no_model(launched):
+    import app
+    from segdemo import models
+
+    models.clear_cache()
+    app.create_app()
+    assert models.cached_model_ids() == []
+
+
+def _jpeg_bytes() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _png_bytes(width: int, height: int) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
