@@ -181,7 +181,7 @@ def label_positions(result: SegmentationResult) -> dict[int, tuple[int, int]]:
     subsampled pixel is an original pixel, so the point always lies in the segment, also
     for rings and C shapes whose centroid is outside. It sits in the segment's thickest
     part, normally its largest component. Segments too small to survive subsampling are
-    placed at full resolution inside their bounding box.
+    placed at full resolution inside their bounding box; segments with ``area == 0`` get none.
     """
     label_map = _as_label_map(result.label_map)
     if not result.segments or label_map.size == 0:
@@ -201,7 +201,7 @@ def label_positions(result: SegmentationResult) -> dict[int, tuple[int, int]]:
         ):
             positions[seg_id] = (int(col) * step, int(row) * step)
     for seg in result.segments:
-        if seg.id not in positions:
+        if seg.id not in positions and seg.area > 0:
             point = _small_segment_point(label_map, seg)
             if point is not None:
                 positions[seg.id] = point
@@ -245,12 +245,15 @@ def _small_segment_point(label_map: np.ndarray, seg: Segment) -> tuple[int, int]
 def legend_entries(result: SegmentationResult, palette: np.ndarray) -> list[tuple[int, str, Color]]:
     """Classes present, largest total area first: ``[(label_id, name, (r, g, b))]``.
 
-    One entry per class however many segments it has, in its plain class colour.
+    One entry per class however many segments it has, in its plain class colour;
+    segments with ``area == 0`` do not count.
     """
     colors = _class_colors(result, palette)
     area: dict[int, int] = {}
     names: dict[int, str] = {}
     for seg in result.segments:
+        if seg.area <= 0:  # reported by a post-processor, then covered by later segments
+            continue
         area[seg.label_id] = area.get(seg.label_id, 0) + seg.area
         names.setdefault(seg.label_id, seg.label)
     order = sorted(area, key=lambda i: (-area[i], i))

@@ -435,3 +435,15 @@ def test_render_bad_input(image, label_map, alpha):
     with pytest.raises(RenderError) as err:
         render(image, result, PALETTE, alpha=alpha)
     assert "\n" not in str(err.value)
+
+
+def test_empty_segments_not_labelled_nor_listed():
+    # post-processors can report a segment that later ones covered entirely (area 0)
+    label_map = np.zeros((20, 20), np.int32)
+    label_map[5:15, 5:15] = 1
+    result = instances(label_map, {1: 0})
+    result.segments.append(Segment(2, "blue", 2, 0.8, 0, (0, 0, 0, 0), None))
+    assert set(label_positions(result)) == {1}
+    assert [e[0] for e in legend_entries(result, PALETTE)] == [0]
+    out = render(np.zeros((20, 20, 3), np.uint8), result, PALETTE)
+    assert out.shape == (20, 20 + legend_width(20, 20), 3)
