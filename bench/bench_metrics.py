@@ -1,0 +1,119 @@
+"""Metric speed: segdemo.metrics.ConfusionMatrix vs evaluate's per-image np.histogram algorithm.
+
+    nice python bench/bench_metrics.py            # 100 maps of 512x512, 150 classes
+    nice python bench/bench_metrics.py --maps 20  # quicker
+
+Both sides score the same seeded maps: references as read from PNGs (``uint8``,
+blobs of 150 classes, 5% ignore 255) and predictions that agree with them on ~80%
+of the pixels, with a few out-of-range ids. Predictions are timed twice: ``int64``
+(an argmax output) and ``uint8`` (read back from ``predict``'s PNGs). The numbers
+must be identical (asserted); the script prints seconds per map and the ratio
+(target: >= 20x). Single-threaded on both sides (NumPy only; no torch threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segdemo.metrics import ConfusionMatrix  # noqa: E402
+
+NUM_LABELS = 150
+IGNORE = 255
+
+
+def make_maps(count: int, size: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Seeded (predictions int64, references uint8): blocky regions, noise, ignore, out-of-range."""
+    rng = np.random.default_rng(seed)
+    preds, refs = [], []
+    for _ in range(count):
+        cells = rng.integers(8, 33)
+        coarse = rng.integers(0, NUM_LABELS, (cells, cells))
+        ys = np.arange(size) * cells // size
+        ref = coarse[ys[:, None], ys[None, :]].astype(np.uint8)
+        pred = ref.astype(np.int64)
+        wrong = rng.random((size, size)) < 0.2
+        pred[wrong] = rng.integers(0, NUM_LABELS, int(wrong.sum()))
+        pred[rng.random((size, size)) < 0.001] = NUM_LABELS + 5  # out of range: counts in no class
+        ref[rng.random((size, size)) < 0.05] = IGNORE
+        preds.append(pred)
+        refs.append(ref)
+    return preds, refs
+
+
+def histogram_mean_iou(preds, refs, num_labels: int, ignore_index: int) -> dict:
+    """evaluate's ``mean_iou`` algorithm: per image, three np.histogram over the kept pixels."""
+    totals = np.zeros((3, num_labels))
+    for pred, ref in zip(preds, refs, strict=True):
+        pred, ref = np.array(pred), np.array(ref)
+        keep = ref != ignore_index
+        pred, ref = pred[keep], ref[keep]
+        for row, values in enumerate((pred[pred == ref], pred, ref)):
+            totals[row] += np.histogram(values, bins=num_labels, range=(0, num_labels - 1))[0]
+    intersect, area_pred, area_label = totals
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = intersect / (area_pred + area_label - intersect)
+        acc = intersect / area_label
+        return {
+            "mean_iou": float(np.nanmean(iou)),
+            "mean_accuracy": float(np.nanmean(acc)),
+            "overall_accuracy": float(intersect.sum() / area_label.sum()),
+            "per_category_iou": iou,
+            "per_category_accuracy": acc,
+        }
+
+
+def confusion_mean_iou(preds, refs, num_labels: int, ignore_index: int) -> dict:
+    matrix = ConfusionMatrix(num_labels, ignore_index)
+    for pred, ref in zip(preds, refs, strict=True):
+        matrix.update(pred, ref)
+    return matrix.compute()
+
+
+def best_time(fn, *args, repeat: int) -> tuple[float, dict]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--maps", type=int, default=100)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=3, help="best of N runs per side")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    preds, refs = make_maps(args.maps, args.size, args.seed)
+    print(
+        f"{args.maps} maps of {args.size}x{args.size}, {NUM_LABELS} classes, best of {args.repeat}"
+    )
+    for dtype in (np.int64, np.uint8):
+        typed = [p.astype(dtype) for p in preds]
+        t_hist, want = best_time(
+            histogram_mean_iou, typed, refs, NUM_LABELS, IGNORE, repeat=args.repeat
+        )
+        t_ours, got = best_time(
+            confusion_mean_iou, typed, refs, NUM_LABELS, IGNORE, repeat=args.repeat
+        )
+        for key in want:
+            np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
+        per_map = 1000 / args.maps
+        print(
+            f"pred {np.dtype(dtype).name:>5}: np.histogram {t_hist * per_map:7.2f} ms/map   "
+            f"ConfusionMatrix {t_ours * per_map:6.2f} ms/map   ratio {t_hist / t_ours:5.1f}x   "
+            f"(mIoU {got['mean_iou']:.6f}, identical)"
+        )
+
+
+if __name__ == "__main__":
+    main()
