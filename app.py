@@ -54,20 +54,17 @@ DESCRIPTIONS = {
 }
 
 
-class ImageInput(gr.Image):
-    """``gr.Image`` that hands the uploaded file to segdemo undecoded.
+def _upload(value: dict | None) -> tuple[str | None, str | None]:
+    """``(path, original file name)`` of an image input's raw value.
 
-    gr.Image would open the file with Pillow itself, so a broken upload would fail
-    inside gradio with a bare "Error"; passing the path on lets
-    :func:`segdemo.images.load_image` refuse it with a message that says what is wrong.
+    The events run with ``preprocess=False``: gr.Image would open the upload with Pillow
+    itself, so a broken file would fail inside gradio with a bare "Error". Undecoded, it
+    reaches :func:`segdemo.images.load_image`, which says what is wrong. (gradio still
+    checks that the path is one of its own uploads before the function sees it.)
     """
-
-    is_template = True  # the browser draws it with gr.Image's own component
-
-    def preprocess(self, payload):
-        if payload is None or payload.path is None:
-            return super().preprocess(payload)
-        return payload.path
+    if not value:
+        return None, None
+    return value.get("path"), value.get("orig_name")
 
 
 def example_images() -> list[str]:
@@ -76,10 +73,11 @@ def example_images() -> list[str]:
 
 
 def _run(task: Task, image, model_id, options_kwargs: dict, progress: gr.Progress):
+    path, name = _upload(image)
     try:
         options = service.Options(**options_kwargs)
         output = service.run_task(
-            image, model_id, task, options, service.new_request_dir(), _adapt(progress)
+            path, model_id, task, options, service.new_request_dir(), _adapt(progress), name=name
         )
     except service.USER_ERRORS as err:
         raise gr.Error(html.escape(str(err)), print_exception=False) from None
@@ -159,12 +157,14 @@ def compare(image, semantic_model, instance_model, panoptic_model, opacity, prog
         Task.PANOPTIC: panoptic_model,
     }
     try:
+        path, name = _upload(image)
         outputs = service.run_compare(
-            image,
+            path,
             model_ids,
             service.Options(alpha=opacity),
             service.new_request_dir(),
             _adapt(progress),
+            name=name,
         )
     except service.USER_ERRORS as err:
         raise gr.Error(html.escape(str(err)), print_exception=False) from None
@@ -177,7 +177,7 @@ def compare(image, semantic_model, instance_model, panoptic_model, opacity, prog
     for task in model_ids:
         output = outputs[task]
         if isinstance(output, str):
-            values += [None, f"⚠️ {html.escape(output)}"]
+            values += [None, f"**Not run:** {html.escape(output)}"]
         else:
             values += [
                 output.overlay,
@@ -200,7 +200,7 @@ def _model_dropdown(task: Task, elem_id: str) -> gr.Dropdown:
 
 def _no_model_note(task: Task) -> None:
     if service.default_model_id(task) is None:
-        gr.Markdown(f"⚠️ {html.escape(service.no_model_message(task))}")
+        gr.Markdown(f"**Note:** {html.escape(service.no_model_message(task))}")
 
 
 def _threshold_sliders(task: Task) -> list[gr.Slider]:
@@ -214,9 +214,21 @@ def _threshold_sliders(task: Task) -> list[gr.Slider]:
         elem_id=f"{task.value}-threshold",
     )
     with gr.Accordion("Mask settings", open=False):
-        mask_threshold = gr.Slider(0, 1, defaults.mask_threshold, step=0.05, label="Mask threshold")
+        mask_threshold = gr.Slider(
+            0,
+            1,
+            defaults.mask_threshold,
+            step=0.05,
+            label="Mask threshold",
+            elem_id=f"{task.value}-mask-threshold",
+        )
         overlap = gr.Slider(
-            0, 1, defaults.overlap_mask_area_threshold, step=0.05, label="Overlap area threshold"
+            0,
+            1,
+            defaults.overlap_mask_area_threshold,
+            step=0.05,
+            label="Overlap area threshold",
+            elem_id=f"{task.value}-overlap",
         )
     return [threshold, mask_threshold, overlap]
 
@@ -227,8 +239,8 @@ def _opacity_slider(elem_id: str) -> gr.Slider:
     )
 
 
-def _image_input(elem_id: str) -> ImageInput:
-    return ImageInput(
+def _image_input(elem_id: str) -> gr.Image:
+    return gr.Image(
         type="filepath", sources=["upload", "clipboard", "webcam"], label="Image", elem_id=elem_id
     )
 
@@ -261,8 +273,10 @@ def create_task_tab(task: Task) -> None:
                     elem_id=f"{name}-table",
                 )
                 with gr.Row():
-                    label_map = gr.File(label="Label map (PNG)", elem_id=f"{name}-labelmap")
-                    segments = gr.File(label="Segments (JSON)", elem_id=f"{name}-json")
+                    label_map = gr.File(
+                        label="Label map (PNG)", height=90, elem_id=f"{name}-labelmap"
+                    )
+                    segments = gr.File(label="Segments (JSON)", height=90, elem_id=f"{name}-json")
         button.click(
             handler,
             inputs=[image, model, *sliders, opacity],
@@ -270,6 +284,7 @@ def create_task_tab(task: Task) -> None:
             api_name=name,
             concurrency_id=CONCURRENCY_ID,
             concurrency_limit=INFERENCE_CONCURRENCY,
+            preprocess=False,  # see _upload
         )
 
 
@@ -304,6 +319,7 @@ def create_compare_tab() -> None:
             api_name="compare",
             concurrency_id=CONCURRENCY_ID,
             concurrency_limit=INFERENCE_CONCURRENCY,
+            preprocess=False,  # see _upload
         )
 
 
@@ -311,7 +327,7 @@ def create_app() -> gr.Blocks:
     """Build the UI (no model is loaded); local checkpoints are discovered now, once."""
     with gr.Blocks(title="segdemo: image segmentation") as demo:
         gr.Markdown(
-            "# segdemo: image segmentation with 🤗 transformers\n"
+            "# segdemo: image segmentation with transformers\n"
             "Upload a photo (or pick an example), choose a model, press **Segment**. "
             f"Uploads up to {MAX_FILE_SIZE.upper()}; models load on first use."
         )

@@ -91,8 +91,9 @@ class TaskOutput:
             :data:`DISPLAY_MAX_SIDE`).
         annotations: ``[(mask, name)]`` for the annotated image, largest region first,
             one per segment with pixels at display size:
-            ``mask`` is ``hxw`` float32 with values 0.0/1.0 (gradio draws uint8 0/255
-            masks invisibly), ``name`` is unique (instances are numbered: ``"car 2"``).
+            ``mask`` is ``hxw`` float32, 0.0 outside the segment and ``options.alpha``
+            inside (gradio reads the value as opacity, and draws uint8 0/255 masks
+            invisibly), ``name`` is unique (instances are numbered: ``"car 2"``).
         color_map: ``{name: "#rrggbb"}`` from the model's palette, one per annotation.
         overlay: ``hxwx3`` uint8 RGB render with contours, labels and legend.
         table: one row per segment with pixels, largest first: ``[name, score or None,
@@ -134,6 +135,8 @@ def run_task(
     options: Options,
     out_dir: str | os.PathLike,
     progress: Progress | None = None,
+    *,
+    name: str | None = None,
 ) -> TaskOutput:
     """Segment one image with one model.
 
@@ -145,13 +148,14 @@ def run_task(
         options: thresholds and overlay opacity.
         out_dir: existing folder for this request's downloads.
         progress: optional progress callback.
+        name: what to call the image in error messages (default: the path's file name).
 
     Raises:
         One of :data:`USER_ERRORS` for anything the caller can fix.
     """
     task = _parse_task(task)
     report = progress or _no_progress
-    picture = _read_image(image)
+    picture = _read_image(image, name)
     spec = _check_model(model_id, task)
     report(0.1, f"Loading {spec.title}")
     loaded = load_model(spec.id)
@@ -180,6 +184,8 @@ def run_compare(
     options: Options,
     out_dir: str | os.PathLike,
     progress: Progress | None = None,
+    *,
+    name: str | None = None,
 ) -> dict[Task, TaskOutput | str]:
     """One image through every task in ``model_ids``, for side-by-side display.
 
@@ -191,7 +197,7 @@ def run_compare(
         ``{task: TaskOutput or note}`` in the order of ``model_ids``.
     """
     report = progress or _no_progress
-    picture = _read_image(image)
+    picture = _read_image(image, name)
     outputs: dict[Task, TaskOutput | str] = {}
     for index, (task, model_id) in enumerate(model_ids.items()):
         task = _parse_task(task)
@@ -244,10 +250,11 @@ def _parse_task(task: Task | str) -> Task:
         raise RequestError(str(err)) from None
 
 
-def _read_image(image) -> Image.Image:
+def _read_image(image, name: str | None) -> Image.Image:
     if image is None or (isinstance(image, str) and not image):
         raise RequestError("no image given; upload an image or pick an example")
-    name = Path(image).name if isinstance(image, (str, os.PathLike)) else None
+    if name is None and isinstance(image, (str, os.PathLike)):
+        name = Path(image).name
     return load_image(image, name)
 
 
@@ -300,8 +307,9 @@ def _present(
         for s in by_area
     ]
     present = {s.id for s in shown.segments if s.area > 0}
+    # gradio draws a mask's value as its opacity, so the slider applies here as in the overlay
     annotations = [
-        ((shown.label_map == s.id).astype(np.float32), names[s.id])
+        ((shown.label_map == s.id).astype(np.float32) * np.float32(alpha), names[s.id])
         for s in by_area
         if s.id in present
     ]

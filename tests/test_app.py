@@ -6,6 +6,7 @@ never contacted (HF_HUB_OFFLINE=1 from conftest).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -33,15 +34,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def launched(tmp_path_factory):
-    """(demo, client, files): the app on a free loopback port with two tiny local models."""
-    root = tmp_path_factory.mktemp("app-checkpoints")
-    build_tiny("segformer", root / "app-segformer")
-    build_tiny("mask2former", root / "app-mask2former")
-    files = tmp_path_factory.mktemp("app-files")
+@contextlib.contextmanager
+def serve_app(checkpoints: Path):
+    """The app on a free loopback port, discovering models in ``checkpoints``; yields the Blocks."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SEGDEMO_CHECKPOINTS", str(root))
+        mp.setenv("SEGDEMO_CHECKPOINTS", str(checkpoints))
         mp.delenv("SEGDEMO_ALLOW_ANY_MODEL", raising=False)
         import app
 
@@ -54,10 +51,25 @@ def launched(tmp_path_factory):
             **app.launch_kwargs(),
         )
         try:
-            client = Client(demo.local_url, verbose=False, download_files=str(files))
-            yield demo, client, files
+            yield demo
         finally:
             demo.close()
+
+
+def build_models(root: Path) -> Path:
+    """The two tiny checkpoints the app tests use: ``local/app-segformer``, ``local/app-mask2former``."""
+    build_tiny("segformer", root / "app-segformer")
+    build_tiny("mask2former", root / "app-mask2former")
+    return root
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """(demo, client, files): the app with two tiny local models, and a gradio_client for it."""
+    root = build_models(tmp_path_factory.mktemp("app-checkpoints"))
+    files = tmp_path_factory.mktemp("app-files")
+    with serve_app(root) as demo:
+        yield demo, Client(demo.local_url, verbose=False, download_files=str(files)), files
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +83,7 @@ def photo(launched) -> str:
     return str(path)
 
 
-def _check_task_outputs(outputs, task: str) -> None:
+def _check_task_outputs(outputs, task: str, opacity: float) -> None:
     update, overlay, table, label_map, segments_json = outputs
     width, height = PHOTO_SIZE
     # the annotated image comes as a component update: its colours change per request
@@ -83,7 +95,8 @@ def _check_task_outputs(outputs, task: str) -> None:
     for annotation in annotated["annotations"]:
         with Image.open(annotation["image"]) as mask:
             assert mask.size == PHOTO_SIZE and mask.mode == "RGBA"
-            assert np.asarray(mask)[..., 3].max() == 255  # visible, not the invisible uint8 trap
+            # drawn at the chosen opacity (a uint8 0/255 mask would come out invisible)
+            assert abs(int(np.asarray(mask)[..., 3].max()) - 255 * opacity) <= 1
     assert set(color_map) == set(labels)
     assert all(re.fullmatch(r"#[0-9a-f]{6}", color) for color in color_map.values())
     assert {label.rsplit(" ", 1)[0] if label[-1].isdigit() else label for label in labels} <= NAMES
@@ -106,14 +119,14 @@ def _check_task_outputs(outputs, task: str) -> None:
         ("/semantic", (SEMANTIC_ID, 0.5)),  # model, opacity
         ("/semantic", (UNIVERSAL_ID, 0.3)),  # the universal model's semantic head
         # score/mask/overlap thresholds at 0 so the random model's queries survive
-        ("/instance", (UNIVERSAL_ID, 0.0, 0.0, 0.0, 0.5)),
+        ("/instance", (UNIVERSAL_ID, 0.0, 0.0, 0.0, 0.8)),
         ("/panoptic", (UNIVERSAL_ID, 0.0, 0.0, 0.0, 0.5)),
     ],
 )
 def test_task_endpoints(launched, photo, api_name, args):
     _, client, _ = launched
     outputs = client.predict(handle_file(photo), *args, api_name=api_name)
-    _check_task_outputs(outputs, api_name.strip("/"))
+    _check_task_outputs(outputs, api_name.strip("/"), args[-1])
 
 
 def test_compare_endpoint_notes_a_missing_model(launched, photo):
@@ -150,10 +163,12 @@ def test_bad_requests_show_an_error_and_the_app_keeps_serving(
 ):
     _, client, files = launched
     bad = _write(files / name, make(photo))
-    with pytest.raises(AppError, match=words):
+    with pytest.raises(AppError, match=words) as info:
         client.predict(handle_file(bad), model_id, 0.5, api_name="/semantic")
+    if model_id == SEMANTIC_ID:
+        assert name in str(info.value)  # the message names the file the person uploaded
     outputs = client.predict(handle_file(photo), SEMANTIC_ID, 0.5, api_name="/semantic")
-    _check_task_outputs(outputs, "semantic")
+    _check_task_outputs(outputs, "semantic", 0.5)
 
 
 def test_uploads_over_the_size_cap_are_refused(launched, photo):
@@ -164,7 +179,27 @@ def test_uploads_over_the_size_cap_are_refused(launched, photo):
     with pytest.raises(Exception, match="(?i)size|large"):
         client.predict(handle_file(str(huge)), SEMANTIC_ID, 0.5, api_name="/semantic")
     outputs = client.predict(handle_file(photo), SEMANTIC_ID, 0.5, api_name="/semantic")
-    _check_task_outputs(outputs, "semantic")
+    _check_task_outputs(outputs, "semantic", 0.5)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/etc/hostname",  # a server file
+        str(Path(__file__).resolve().parents[1] / "examples" / "ade_val_00000001.jpg"),  # even ours
+    ],
+)
+def test_api_cannot_name_server_files(launched, path):
+    """A raw API call may only point at files uploaded to gradio, not at paths on the server."""
+    import httpx
+
+    demo, _, _ = launched
+    base = demo.local_url.rstrip("/") + "/gradio_api/call/semantic"
+    payload = {"path": path, "meta": {"_type": "gradio.FileData"}}
+    started = httpx.post(base, json={"data": [payload, SEMANTIC_ID, 0.5]}, timeout=30)
+    started.raise_for_status()
+    events = httpx.get(f"{base}/{started.json()['event_id']}", timeout=60).text
+    assert "event: error" in events and "event: complete" not in events
 
 
 def test_app_wiring(launched):
