@@ -76,7 +76,11 @@ def _as_integer_array(x: Array, what: str) -> Array:
 
 def _in_byte_range(x: Array) -> bool:
     if isinstance(x, np.ndarray):
-        return x.dtype == np.uint8 or x.size == 0 or (x.min() >= 0 and x.max() < _BYTE)
+        if x.dtype == np.uint8 or x.size == 0:
+            return True
+        # one pass instead of min() and max(): any value outside 0..255 (negatives
+        # included, two's complement) sets a bit above the low byte of the OR
+        return not (int(np.bitwise_or.reduce(x, axis=None)) & ~(_BYTE - 1))
     if x.dtype == torch.uint8 or x.numel() == 0:
         return True
     lo, hi = torch.aminmax(x)
@@ -169,16 +173,17 @@ class ConfusionMatrix:
     def _fold(self, raw: np.ndarray) -> np.ndarray:
         """256x256 (reference value, prediction value) histogram -> ``(N+1)x(N+1)`` counts."""
         n = self.num_labels
-        values = np.arange(_BYTE)
-        cols = np.minimum(values, n)  # every value >= N is "no class"
-        rows = cols.copy()
+        pairs = raw.reshape(_BYTE, _BYTE).copy()
         if 0 <= self.ignore_index < _BYTE:
-            rows[self.ignore_index] = n + 1  # dropped
-        by_row = np.zeros((n + 2, _BYTE), dtype=np.int64)
-        np.add.at(by_row, rows, raw.reshape(_BYTE, _BYTE))
-        out = np.zeros((n + 2, n + 1), dtype=np.int64)
-        np.add.at(out.T, cols, by_row.T)
-        return out[: n + 1]
+            pairs[self.ignore_index] = 0  # ignored references drop their predictions
+        k = min(n, _BYTE)  # byte values that are class ids; the rest (if any) are "no class"
+        rows = np.zeros((n + 1, _BYTE), dtype=np.int64)
+        rows[:k] = pairs[:k]
+        rows[n] = pairs[k:].sum(axis=0)
+        out = np.zeros((n + 1, n + 1), dtype=np.int64)
+        out[:, :k] = rows[:, :k]
+        out[:, n] += rows[:, k:].sum(axis=1)
+        return out
 
     def _flush(self) -> None:
         for raw in self._pending.values():
