@@ -1,0 +1,146 @@
+"""``python -m segdemo predict`` / ``models``: files written, bad input reported in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segdemo import models
+from segdemo.__main__ import main
+from tests.builders import build_tiny
+
+MANY_LABELS = {i: f"class_{i}" for i in range(300)}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-src")
+    return {
+        "seg": build_tiny("segformer", root / "seg"),
+        "m2f": build_tiny("mask2former", root / "m2f"),
+        "wide": build_tiny("segformer", root / "wide", id2label=MANY_LABELS),
+    }
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch, sources):
+    checkpoints = tmp_path / "checkpoints"
+    for name, folder in sources.items():
+        shutil.copytree(folder, checkpoints / name)
+    monkeypatch.setenv("SEGDEMO_CHECKPOINTS", str(checkpoints))
+    models.clear_cache()
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(images / "a.png")
+    Image.fromarray(rng.integers(0, 255, (30, 50), dtype=np.uint8)).save(images / "b.jpg")  # grey
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (images / "empty.png").write_bytes(b"")
+    yield tmp_path
+    models.clear_cache()
+
+
+def _predict(env, *args):
+    out = env / "out"
+    return main(["predict", *args, "--out", str(out)]), out
+
+
+# one row per task/model: label PNG mode expected
+LABEL_PNG = [
+    ("local/seg", "semantic", "L"),  # 4 classes: 8-bit class ids
+    ("local/wide", "semantic", "I;16"),  # 300 classes do not fit 8 bits
+    ("local/m2f", "instance", "I;16"),  # segment ids always 16-bit
+    ("local/m2f", "panoptic", "I;16"),
+]
+
+
+@pytest.mark.parametrize("model, task, mode", LABEL_PNG)
+def test_predict_writes_three_files_per_image(env, model, task, mode):
+    images = env / "images"
+    code, out = _predict(
+        env,
+        str(images / "a.png"),
+        str(images / "b.jpg"),
+        "--model",
+        model,
+        "--task",
+        task,
+        "--threshold",
+        "0",
+    )
+    assert code == 0
+    for name, size in (("a", (60, 40)), ("b", (50, 30))):
+        overlay = Image.open(out / f"{name}_overlay.png")
+        assert overlay.mode == "RGB" and overlay.height == size[1] and overlay.width >= size[0]
+        labels = Image.open(out / f"{name}_labels.png")
+        assert labels.mode == mode and labels.size == size
+        summary = json.loads((out / f"{name}_segments.json").read_text())
+        assert summary["task"] == task and summary["model"] == model
+        assert (summary["width"], summary["height"]) == size
+        ids = np.asarray(labels)
+        for seg in summary["segments"]:
+            assert (ids == seg["id"]).sum() == seg["area"]
+        if task == "semantic":
+            assert {s["id"] for s in summary["segments"]} == set(np.unique(ids).tolist())
+
+
+def test_bad_images_are_reported_and_the_rest_processed(env, capsys):
+    images = env / "images"
+    args = [str(images / n) for n in ("broken.jpg", "a.png", "empty.png", "missing.png")]
+    code, out = _predict(env, *args, "--model", "local/seg", "--task", "semantic")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert (out / "a_overlay.png").is_file()
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "broken.jpg",
+        "empty.png",
+        "missing.png",
+    ]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "model, task, words",
+    [
+        ("someone/else", "semantic", "not offered here"),
+        ("local/seg", "panoptic", "supports: semantic"),
+    ],
+)
+def test_model_errors_are_one_line(env, capsys, model, task, words):
+    code, _ = _predict(env, str(env / "images" / "a.png"), "--model", model, "--task", task)
+    err = capsys.readouterr().err
+    assert code == 1 and words in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_same_file_names_do_not_overwrite(env):
+    other = env / "other"
+    other.mkdir()
+    shutil.copy(env / "images" / "a.png", other / "a.png")
+    code, out = _predict(
+        env,
+        str(env / "images" / "a.png"),
+        str(other / "a.png"),
+        "--model",
+        "local/seg",
+        "--task",
+        "semantic",
+    )
+    assert code == 0
+    assert (out / "a_labels.png").is_file() and (out / "a_2_labels.png").is_file()
+
+
+def test_models_lists_registry_with_offline_availability(env, capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {row["id"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["local/m2f"]["offline"] is True
+    assert rows["local/m2f"]["tasks"] == ["semantic", "instance", "panoptic"]
+    assert rows["nvidia/segformer-b0-finetuned-ade-512-512"]["offline"] is False
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out
+    assert "local/seg" in table and "semantic" in table
