@@ -151,7 +151,7 @@ def test_model_evaluation_equals_segment_then_mean_iou(tmp_path):
     from segdemo.models import load_model
     from segdemo.segment import segment
 
-    raws = write_dataset(tmp_path / "data", size=(24, 32))
+    raws = write_dataset(tmp_path / "data", n=2, size=(24, 32))
     model_dir = build_tiny("segformer", tmp_path / "model", id2label=ID2LABEL, image_size=32)
     out = tmp_path / "m.json"
     assert (
