@@ -137,9 +137,14 @@ def model_predictor(model_id: str, max_size: int | None = None) -> tuple[Predict
     The photo is resized to the annotation's size first (if they differ), so the
     logits are upsampled to, and the argmax taken at, the reference resolution.
     """
+    from transformers.utils import logging as hf_logging
+
     from segdemo.models import load_model
     from segdemo.segment import segment
 
+    # transformers' progress bars and advisories would bury the table and the error lines
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     loaded = load_model(model_id)
 
     def predict(name: str, image: Image.Image | None, size: tuple[int, int]) -> np.ndarray:

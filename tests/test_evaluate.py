@@ -304,3 +304,54 @@ def test_nan_never_written(tmp_path):
     # ignored pixels drop their predictions too: nothing is counted anywhere
     assert report["mean_iou"] is None and report["overall_accuracy"] is None
     assert set(report["per_category_iou"].values()) == {None}
+
+
+def test_predict_then_pred_dir_equals_model_evaluation(tmp_path, monkeypatch, capsys):
+    """`python -m segdemo predict` PNGs scored with --pred-dir give the --model numbers."""
+    from segdemo.__main__ import main
+
+    monkeypatch.setenv("SEGDEMO_ALLOW_ANY_MODEL", "1")
+    write_dataset(tmp_path / "data", n=2, size=(24, 32))
+    model = build_tiny("segformer", tmp_path / "model", id2label=ID2LABEL, image_size=32)
+    images = sorted(str(p) for p in (tmp_path / "data" / "val" / "images").iterdir())
+    assert (
+        main(
+            [
+                "predict",
+                *images,
+                "--model",
+                str(model),
+                "--task",
+                "semantic",
+                "--out",
+                str(tmp_path / "pred"),
+            ]
+        )
+        == 0
+    )
+    common = ["--data-dir", str(tmp_path / "data"), "--ignore-index", str(VOID)]
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred-dir",
+                str(tmp_path / "pred"),
+                *common,
+                "--out",
+                str(tmp_path / "a.json"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["evaluate", "--model", str(model), *common, "--out", str(tmp_path / "b.json")]) == 0
+    )
+    a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
+    for key in (
+        "mean_iou",
+        "mean_accuracy",
+        "overall_accuracy",
+        "per_category_iou",
+        "per_category_accuracy",
+    ):
+        assert a[key] == b[key]
