@@ -37,7 +37,7 @@ from segdemo.labels import IGNORE_INDEX, to_train_ids
 __all__ = ["ConfusionMatrix", "MetricInputError", "confusion_matrix", "mean_iou"]
 
 # Maps whose values all lie in 0..255 are counted as raw (reference, prediction)
-# byte pairs: one int32 key and one bincount per pixel, with no per-pixel
+# byte pairs: one integer key and one bincount per pixel, with no per-pixel
 # masking. Out-of-range and ignored values are folded into place later, on the
 # 256 x 256 pair histogram instead of on every pixel.
 _BYTE = 256
@@ -155,7 +155,16 @@ class ConfusionMatrix:
             )
         if isinstance(p, np.ndarray) != isinstance(r, np.ndarray):  # one on an accelerator
             device = (r if isinstance(r, torch.Tensor) else p).device
-            p, r = (torch.as_tensor(x, device=device) for x in (p, r))
+            # torch supports little of uint16/32/64: widen those (out-of-range stays out of range)
+            p, r = (
+                torch.as_tensor(
+                    x.astype(np.int64) if x.dtype.kind == "u" and x.itemsize > 1 else x,
+                    device=device,
+                )
+                if isinstance(x, np.ndarray)
+                else x
+                for x in (p, r)
+            )
         elif isinstance(p, torch.Tensor) and p.device != r.device:
             p = p.to(r.device)
         p = p.reshape(-1)
