@@ -222,6 +222,7 @@ PARITY_CASES = [
     pytest.param(5, 4, 0, (), (9,), np.int16, id="ignore-0"),
     pytest.param(6, 1, 255, (), (1,), np.int64, id="single-class"),
     pytest.param(7, 300, 255, (), (300, 70000), np.int64, id="beyond-a-byte"),
+    pytest.param(8, 300, 255, (), (300, 65535), np.uint16, id="uint16-like-16-bit-pngs"),
 ]
 
 
