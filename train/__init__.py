@@ -1,0 +1,1 @@
+"""Training scripts: ``train/run.py`` (see its docstring) and the files it writes (``outputs``)."""
