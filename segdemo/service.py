@@ -329,19 +329,20 @@ def _present(
 
 
 def _segment_names(result: SegmentationResult) -> dict[int, str]:
-    """Unique display name per segment id: the class name, numbered when a class repeats."""
+    """Unique display name per segment id: the class name, numbered by size when a class
+    repeats (``"car 1"`` is the largest car, as in the table's order)."""
     per_label: dict[str, int] = {}
     for s in result.segments:
         per_label[s.label] = per_label.get(s.label, 0) + 1
     seen: dict[str, int] = {}
     names = {}
-    for s in result.segments:
+    for s in sorted(result.segments, key=lambda s: (-s.area, s.id)):
         if per_label[s.label] == 1:
             names[s.id] = s.label
         else:
             seen[s.label] = seen.get(s.label, 0) + 1
             names[s.id] = f"{s.label} {seen[s.label]}"
-    return names
+    return dict(sorted(names.items()))
 
 
 def _display_size(

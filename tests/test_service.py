@@ -204,25 +204,26 @@ def test_model_choices_list_local_checkpoints_per_task(checkpoints):
     assert UNIVERSAL_ID in instance and SEMANTIC_ID not in instance
 
 
-def _result(task: Task, labels: list[str]) -> SegmentationResult:
+def _result(task: Task, segments: list[tuple[str, int]]) -> SegmentationResult:
+    """A result with segments ``(label, area)`` numbered from id 1."""
     segments = [
-        Segment(id=i + 1, label=name, label_id=0, score=0.9, area=1, bbox=(0, 0, 1, 1))
-        for i, name in enumerate(labels)
+        Segment(id=i + 1, label=name, label_id=0, score=0.9, area=area, bbox=(0, 0, 1, 1))
+        for i, (name, area) in enumerate(segments)
     ]
     return SegmentationResult(task, np.zeros((2, 2), np.int32), segments, {})
 
 
 @pytest.mark.parametrize(
-    "labels, expected",
+    "segments, expected",
     [
-        (["sky", "road"], ["sky", "road"]),  # distinct classes keep their names
-        (["car", "car", "road"], ["car 1", "car 2", "road"]),  # repeats are numbered in id order
-        (["car", "person", "car"], ["car 1", "person", "car 2"]),  # numbering skips other classes
+        ([("sky", 5), ("road", 9)], ["sky", "road"]),  # distinct classes keep their names
+        ([("car", 2), ("car", 7), ("road", 1)], ["car 2", "car 1", "road"]),  # 1 = largest
+        ([("car", 3), ("person", 1), ("car", 3)], ["car 1", "person", "car 2"]),  # ties: id order
         ([], []),  # nothing found
     ],
 )
-def test_segment_names_are_unique(labels, expected):
-    names = service._segment_names(_result(Task.INSTANCE, labels))
+def test_segment_names_are_unique_and_numbered_by_size(segments, expected):
+    names = service._segment_names(_result(Task.INSTANCE, segments))
     assert list(names.values()) == expected
 
 
