@@ -179,10 +179,9 @@ def compare(image, semantic_model, instance_model, panoptic_model, opacity, prog
         if isinstance(output, str):
             values += [None, f"**Not run:** {html.escape(output)}"]
         else:
-            values += [
-                output.overlay,
-                f"`{html.escape(output.model_id)}`: {len(output.table)} segments",
-            ]
+            count = len(output.table)
+            plural = "" if count == 1 else "s"
+            values += [output.overlay, f"`{html.escape(output.model_id)}`: {count} segment{plural}"]
     return values
 
 
@@ -293,12 +292,16 @@ def create_compare_tab() -> None:
     with gr.Tab("Compare", id="compare", elem_id="compare-tab"):
         gr.Markdown("One image through semantic, instance and panoptic segmentation, side by side.")
         with gr.Row():
-            with gr.Column(scale=1):
+            with gr.Column(scale=2):
                 image = _image_input("compare-image")
-                models = [_model_dropdown(task, f"compare-{task.value}-model") for task in Task]
+                gr.Examples(examples=example_images(), inputs=image, cache_examples=False)
+            with gr.Column(scale=1):
+                models = []
+                for task in Task:
+                    models.append(_model_dropdown(task, f"compare-{task.value}-model"))
+                    _no_model_note(task)
                 opacity = _opacity_slider("compare-opacity")
                 button = gr.Button("Compare", variant="primary", elem_id="compare-run")
-                gr.Examples(examples=example_images(), inputs=image, cache_examples=False)
         outputs = []
         with gr.Row():
             for task in Task:
@@ -311,7 +314,11 @@ def create_compare_tab() -> None:
                             elem_id=f"compare-{task.value}",
                         )
                     )
-                    outputs.append(gr.Markdown(elem_id=f"compare-{task.value}-note"))
+                    outputs.append(
+                        gr.Markdown(
+                            label=f"{task.value} note", elem_id=f"compare-{task.value}-note"
+                        )
+                    )
         button.click(
             compare,
             inputs=[image, *models, opacity],
