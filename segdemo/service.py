@@ -272,9 +272,11 @@ def _check_model(model_id: str | None, task: Task) -> registry.ModelSpec:
 
 def no_model_message(task: Task) -> str:
     """One line saying that no model for ``task`` is available, and how to get one."""
+    # no server path here: the message goes to whoever uses the app
     return (
-        f"No {task.value} model is available here: put a checkpoint that supports {task.value} segmentation in "
-        f"{registry.checkpoints_dir()} and restart, or run with the Hugging Face Hub reachable"
+        f"No {task.value} model is available here: add a checkpoint that supports {task.value} "
+        "segmentation to checkpoints/ (or $SEGDEMO_CHECKPOINTS) and restart, "
+        "or run with the Hugging Face hub reachable"
     )
 
 
