@@ -8,8 +8,9 @@ Results equal ``transformers.pipeline("image-segmentation")`` on the same model,
 and thresholds (the defaults below are the pipeline's): the same preprocessing, forward
 pass and post-processing functions of the model's image processor. Semantic
 segmentation differs only in *how* the argmax of the bilinearly upsampled logits is
-computed: class by class with a running maximum, so the ``C x H x W`` logits at full
-resolution (7.2 GB for 150 classes at 12 MP) never exist.
+computed (:mod:`segdemo.upsample`): only classes that can win a pixel are interpolated
+there, so the ``C x H x W`` logits at full resolution (7.2 GB for 150 classes at
+12 MP) never exist.
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from segdemo import oneformer_post
 from segdemo.images import load_image
 from segdemo.models import LoadedModel
 from segdemo.result import Segment, SegmentationResult, Task, region_stats, segments_from_label_map
-
-UPSAMPLE_BUDGET_BYTES = 256 * 2**20
-"""Largest block of upsampled logits held at once (classes x H x W float32)."""
+from segdemo.upsample import upsample_argmax
 
 
 def segment(
@@ -171,68 +169,6 @@ def capped_size(size: Any, image_hw: tuple[int, int], max_size: int) -> dict | N
 
 
 # --------------------------------------------------------------------------- semantic
-
-
-def upsample_argmax(
-    logits: torch.Tensor, size: tuple[int, int], budget_bytes: int = UPSAMPLE_BUDGET_BYTES
-) -> np.ndarray:
-    """``F.interpolate(logits[None], size, "bilinear").argmax(1)`` in bounded memory.
-
-    Bilinear interpolation treats each class plane independently, so upsampling a
-    few classes at a time and keeping a running maximum gives the same argmax
-    (ties go to the lower class id, as ``argmax`` does). Classes that cannot win
-    anywhere are skipped first: an upsampled pixel is a convex combination of a 2x2
-    window of low-resolution pixels, so a class whose maximum over a window is below
-    another class's minimum over that window loses everywhere in that window.
-
-    Args:
-        logits: ``C x h x w`` float scores (any device).
-        size: ``(H, W)`` output size.
-        budget_bytes: largest upsampled block (classes x H x W x 4 bytes) at once.
-
-    Returns:
-        ``H x W`` ``int32`` class ids in ``0..C-1``.
-    """
-    logits = logits.float()
-    candidates = _candidate_classes(logits)
-    height, width = size
-    if candidates.numel() == 1:
-        return np.full(size, int(candidates[0]), dtype=np.int32)
-    chunk = max(1, min(candidates.numel(), budget_bytes // (4 * height * width)))
-    best_value = best_index = None
-    values = torch.empty((height, width), dtype=torch.float32, device=logits.device)
-    indices = torch.empty((height, width), dtype=torch.int64, device=logits.device)
-    for start in range(0, candidates.numel(), chunk):
-        classes = candidates[start : start + chunk]
-        block = F.interpolate(
-            logits[classes][None], size=size, mode="bilinear", align_corners=False
-        )[0]
-        torch.max(block, dim=0, out=(values, indices))
-        del block
-        chunk_index = classes.to(indices.device)[indices].to(torch.int32)
-        if best_value is None:
-            best_value, best_index = values.clone(), chunk_index
-            continue
-        # strictly greater: on ties the earlier (lower) class id keeps the pixel, like argmax
-        better = values > best_value
-        best_value = torch.where(better, values, best_value)
-        best_index = torch.where(better, chunk_index, best_index)
-    return best_index.cpu().numpy()
-
-
-def _candidate_classes(logits: torch.Tensor) -> torch.Tensor:
-    """Class ids that can be the argmax somewhere after bilinear upsampling (ascending)."""
-    if not torch.isfinite(logits).all():
-        return torch.arange(logits.shape[0], device=logits.device)
-    # replicate-pad one row/column so every 2x2 window exists, including the clamped edges
-    padded = F.pad(logits[None], (0, 1, 0, 1), mode="replicate")
-    window_max = F.max_pool2d(padded, kernel_size=2, stride=1)[0]
-    window_min = -F.max_pool2d(-padded, kernel_size=2, stride=1)[0]
-    floor = window_min.max(dim=0).values
-    # interpolation rounds: keep any class within a few float32 ulps of winning
-    tolerance = 64 * torch.finfo(torch.float32).eps * float(logits.abs().max()) + 1e-30
-    can_win = (window_max >= floor - tolerance).flatten(1).any(dim=1)
-    return torch.nonzero(can_win).flatten()
 
 
 # --------------------------------------------------------------------------- instance / panoptic

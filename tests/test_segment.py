@@ -16,7 +16,8 @@ from segdemo import models
 from segdemo.images import load_image
 from segdemo.models import UnsupportedTaskError, load_model
 from segdemo.result import Task
-from segdemo.segment import capped_size, segment, upsample_argmax
+from segdemo.segment import capped_size, segment
+from segdemo.upsample import upsample_argmax
 from tests.builders import FAMILIES, SEMANTIC_FAMILIES, UNIVERSAL_FAMILIES, build_tiny
 
 ALL_TASKS = (Task.SEMANTIC, Task.INSTANCE, Task.PANOPTIC)
@@ -242,36 +243,91 @@ def _reference_argmax(logits: torch.Tensor, size) -> np.ndarray:
     )
 
 
-def _smooth(classes, h, w, seed):
+def _smooth(classes, h, w, seed, scale=1.0):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(classes, h, w, generator=generator)
+    return scale * torch.randn(classes, h, w, generator=generator)
 
 
+# (case, logits, output size, memory budget or None, path segdemo must take or None)
 UPSAMPLE = [
-    ("random, upsample", _smooth(7, 5, 6, 0), (37, 41), None),
-    ("random, downsample", _smooth(5, 40, 30, 1), (13, 7), None),
-    ("one row of logits", _smooth(4, 1, 9, 2), (20, 33), None),
-    ("one class", _smooth(1, 4, 4, 3), (10, 10), None),
-    ("all equal: ties go to class 0", torch.zeros(6, 4, 4), (9, 9), None),
-    ("half the classes tie", torch.cat([torch.ones(3, 4, 4), torch.zeros(3, 4, 4)]), (9, 9), None),
+    ("random, upsample", _smooth(7, 5, 6, 0), (37, 41), None, "chunked"),
+    ("random, downsample", _smooth(5, 40, 30, 1), (13, 7), None, "chunked"),
+    ("one row of logits", _smooth(4, 1, 9, 2), (20, 33), None, "chunked"),
+    ("one class", _smooth(1, 4, 4, 3), (10, 10), None, "chunked"),
+    ("all equal: ties go to class 0", torch.zeros(6, 4, 4), (9, 9), None, "chunked"),
     (
-        "one dominant class (pruning)",
+        "half the classes tie",
+        torch.cat([torch.ones(3, 4, 4), torch.zeros(3, 4, 4)]),
+        (9, 9),
+        None,
+        "chunked",
+    ),
+    (
+        "one dominant class",
         torch.cat([_smooth(20, 6, 6, 4), 10 + _smooth(1, 6, 6, 5)]),
         (31, 29),
         None,
+        "chunked",
     ),
-    ("chunks of one class", _smooth(9, 6, 5, 6), (25, 26), 4 * 25 * 26),
-    ("chunks of two classes", _smooth(9, 6, 5, 7), (25, 26), 2 * 4 * 25 * 26),
-    ("150 classes", _smooth(150, 16, 16, 8), (61, 64), 8 * 4 * 61 * 64),
+    ("chunks of one class", _smooth(9, 6, 5, 6), (25, 26), 4 * 25 * 26, "chunked"),
+    ("chunks of two classes", _smooth(9, 6, 5, 7), (25, 26), 2 * 4 * 25 * 26, "chunked"),
+    # geometries where PyTorch takes its separable kernel: the emulated fast path
+    ("fast: 150 flat classes", _smooth(150, 32, 32, 8, scale=0.03), (128, 170), None, "sparse"),
+    ("fast: 20 classes, wide", _smooth(20, 24, 32, 9), (60, 200), None, "sparse"),
+    ("fast: small budget", _smooth(20, 24, 32, 10), (100, 130), 4096, "sparse"),
+    (
+        "fast: ties",
+        torch.cat([torch.ones(4, 24, 32), torch.zeros(4, 24, 32)]),
+        (100, 130),
+        None,
+        "sparse",
+    ),
+    # downsampling: PyTorch 2.13 takes another kernel here, so either path is fine
+    ("downsample, wide", _smooth(12, 40, 96, 11), (30, 70), None, None),
 ]
 
 
-@pytest.mark.parametrize("case, logits, size, budget", UPSAMPLE, ids=[row[0] for row in UPSAMPLE])
-def test_upsample_argmax_equals_full_interpolation(case, logits, size, budget):
+@pytest.mark.parametrize(
+    "case, logits, size, budget, path", UPSAMPLE, ids=[row[0] for row in UPSAMPLE]
+)
+def test_upsample_argmax_equals_full_interpolation(monkeypatch, case, logits, size, budget, path):
+    from segdemo import upsample
+
+    taken = []
+    for name in ("_sparse", "_chunked"):
+        real = getattr(upsample, name)
+        monkeypatch.setattr(
+            upsample,
+            name,
+            lambda *a, _real=real, _name=name, **k: taken.append(_name) or _real(*a, **k),
+        )
     kwargs = {} if budget is None else {"budget_bytes": budget}
     result = upsample_argmax(logits, size, **kwargs)
     assert result.dtype == np.int32 and result.shape == size
     np.testing.assert_array_equal(result, _reference_argmax(logits, size))
+    if path is not None:
+        assert taken == [f"_{path}"]
+
+
+@pytest.mark.parametrize(
+    "classes, chunk, total, threads, sizes",
+    [
+        (10, 4, 10, 2, [4, 4, 2]),
+        (10, 3, 10, 2, [3, 3, 3, 1]),
+        # one thread: PyTorch has a separate 3-channel kernel, so no chunk may hold 3 classes
+        (10, 3, 10, 1, [2, 1, 2, 1, 2, 1, 1]),
+        (7, 4, 7, 1, [4, 2, 1]),
+        # ...except a 3-class model, which the reference interpolates with that kernel too
+        (3, 1, 3, 1, [3]),
+    ],
+)
+def test_chunks_follow_pytorch_kernel_choice(monkeypatch, classes, chunk, total, threads, sizes):
+    from segdemo import upsample
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    groups = upsample._groups(torch.arange(classes), chunk, total)
+    assert [g.numel() for g in groups] == sizes
+    assert torch.equal(torch.cat(groups), torch.arange(classes))
 
 
 def test_copy_of_checkpoint_is_independent(checkpoints, tmp_path):
