@@ -29,11 +29,12 @@ log = logging.getLogger("segdemo.app")
 MAX_FILE_SIZE = "20mb"
 """Largest upload gradio accepts (checked before any decoding); documented in the README."""
 
-QUEUE_MAX_SIZE = int(os.environ.get("SEGDEMO_QUEUE_SIZE", "32"))
-"""Requests that may wait; beyond it the queue answers "queue full" instead of piling up."""
+QUEUE_MAX_SIZE = 32
+"""Requests that may wait (env ``SEGDEMO_QUEUE_SIZE``); beyond it the queue answers
+"queue full" instead of piling up."""
 
-INFERENCE_CONCURRENCY = int(os.environ.get("SEGDEMO_CONCURRENCY", "1"))
-"""Inference events running at once, across all tabs. torch already spreads one request
+INFERENCE_CONCURRENCY = 1
+"""Inference events (env ``SEGDEMO_CONCURRENCY``) running at once, across all tabs. torch already spreads one request
 over every core, so running two at once mostly doubles the memory, not the speed."""
 
 CONCURRENCY_ID = "inference"
@@ -65,6 +66,18 @@ def _upload(value: dict | None) -> tuple[str | None, str | None]:
     if not value:
         return None, None
     return value.get("path"), value.get("orig_name")
+
+
+def _setting(name: str, default: int) -> int:
+    """A positive integer from the environment, read when the app is built."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(
+            f"{name}={value!r} is not a positive integer; unset it or give e.g. {default}"
+        )
+    return int(value)
 
 
 def example_images() -> list[str]:
@@ -282,7 +295,7 @@ def create_task_tab(task: Task) -> None:
             outputs=[annotated, overlay, table, label_map, segments],
             api_name=name,
             concurrency_id=CONCURRENCY_ID,
-            concurrency_limit=INFERENCE_CONCURRENCY,
+            concurrency_limit=_setting("SEGDEMO_CONCURRENCY", INFERENCE_CONCURRENCY),
             preprocess=False,  # see _upload
         )
 
@@ -325,7 +338,7 @@ def create_compare_tab() -> None:
             outputs=outputs,
             api_name="compare",
             concurrency_id=CONCURRENCY_ID,
-            concurrency_limit=INFERENCE_CONCURRENCY,
+            concurrency_limit=_setting("SEGDEMO_CONCURRENCY", INFERENCE_CONCURRENCY),
             preprocess=False,  # see _upload
         )
 
@@ -342,7 +355,10 @@ def create_app() -> gr.Blocks:
             for task in Task:
                 create_task_tab(task)
             create_compare_tab()
-    demo.queue(default_concurrency_limit=INFERENCE_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
+    demo.queue(
+        default_concurrency_limit=_setting("SEGDEMO_CONCURRENCY", INFERENCE_CONCURRENCY),
+        max_size=_setting("SEGDEMO_QUEUE_SIZE", QUEUE_MAX_SIZE),
+    )
     return demo
 
 

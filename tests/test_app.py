@@ -10,6 +10,7 @@ import contextlib
 import json
 import re
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app(checkpoints: Path):
-    """The app on a free loopback port, discovering models in ``checkpoints``; yields the Blocks."""
+def serve_app(checkpoints: Path, env: dict[str, str] | None = None):
+    """The app on a free loopback port, discovering models in ``checkpoints``, with extra
+    environment ``env`` while it is built; yields the Blocks."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEGDEMO_CHECKPOINTS", str(checkpoints))
         mp.delenv("SEGDEMO_ALLOW_ANY_MODEL", raising=False)
+        for name, value in (env or {}).items():
+            mp.setenv(name, value)
         import app
 
         demo = app.create_app()
@@ -200,6 +204,40 @@ def test_api_cannot_name_server_files(launched, path):
     started.raise_for_status()
     events = httpx.get(f"{base}/{started.json()['event_id']}", timeout=60).text
     assert "event: error" in events and "event: complete" not in events
+
+
+def test_a_full_queue_refuses_with_a_message(tmp_path, photo, monkeypatch):
+    """Queue of 1 and one worker: of four simultaneous requests one runs, one waits, the
+    others are refused at once with gradio's "queue is full" message."""
+    import app
+
+    run_task = app.service.run_task
+
+    def slow_run_task(*args, **kwargs):
+        time.sleep(2)  # hold the worker so the queue fills up
+        return run_task(*args, **kwargs)
+
+    monkeypatch.setattr(app.service, "run_task", slow_run_task)
+    root = build_models(tmp_path / "checkpoints")
+    env = {"SEGDEMO_QUEUE_SIZE": "1", "SEGDEMO_CONCURRENCY": "1"}
+    with serve_app(root, env) as demo:
+        client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
+        jobs = [
+            client.submit(handle_file(photo), SEMANTIC_ID, 0.5, api_name="/semantic")
+            for _ in range(4)
+        ]
+        outcomes = []
+        for job in jobs:
+            try:
+                outcomes.append(job.result(timeout=60))
+            except Exception as err:
+                outcomes.append(err)
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    served = [o for o in outcomes if not isinstance(o, Exception)]
+    assert served and refused, outcomes
+    assert all(re.search(r"(?i)queue.*full", str(err)) for err in refused), refused
+    for outputs in served:
+        _check_task_outputs(outputs, "semantic", 0.5)
 
 
 def test_app_wiring(launched):
