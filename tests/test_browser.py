@@ -2,7 +2,7 @@
 
 Open the page, upload a photo, pick a model, run, see the annotated image and its
 legend; a broken upload shows an error and the next run works; switch tab and
-repeat; save a screenshot. Every request the page makes must stay on loopback.
+repeat with an example thumbnail; save a screenshot. Every request the page makes must stay on loopback.
 
 Skips when /usr/bin/chromium is missing (``apt-get install chromium``), except under
 CI (env ``CI`` set), where a missing browser is a failure.
@@ -78,6 +78,14 @@ def _upload(page, tab: str, path: Path, *, preview: bool = True) -> None:
         page.locator(f"#{tab}-image img").first.wait_for(state="visible")
 
 
+def _pick_example(page, tab: str, file_name: str) -> None:
+    """Click the tab's example thumbnail showing ``file_name`` (examples/ is committed)."""
+    page.locator(f"#{tab}-tab .gallery-item").filter(
+        has=page.locator(f"img[src$='/{file_name}']")
+    ).click()
+    page.locator(f"#{tab}-image img").first.wait_for(state="visible")
+
+
 def _pick_model(page, tab: str, title: str) -> None:
     page.locator(f"#{tab}-model input").click()
     page.get_by_role("option", name=title, exact=True).click()
@@ -141,7 +149,7 @@ def test_segment_in_two_tabs_with_an_error_in_between(page_and_requests, tmp_pat
 
     # instance: another tab, the universal model; thresholds at 0 so the random model finds objects
     page.get_by_role("tab", name="Instance").click()
-    _upload(page, "instance", PHOTO)
+    _pick_example(page, "instance", PHOTO.name)
     _pick_model(page, "instance", "app-mask2former")
     _set_slider(page, "instance-threshold", 0)
     page.get_by_text("Mask settings").click()
