@@ -7,6 +7,7 @@ never contacted (HF_HUB_OFFLINE=1 from conftest).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import socket
@@ -150,6 +151,73 @@ def _write(path: Path, data: bytes) -> str:
     return str(path)
 
 
+def _encode(image: Image.Image, format: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **params)
+    return buffer.getvalue()
+
+
+def _jpeg_bytes() -> bytes:
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    return _encode(Image.fromarray(rgb), "JPEG", quality=90)
+
+
+def _png_bytes(width: int, height: int, mode: str = "RGB") -> bytes:
+    return _encode(Image.new(mode, (width, height)), "PNG")
+
+
+def _exif_rotated_jpeg() -> bytes:
+    """Stored 40x20; EXIF orientation 6 says "rotate 90 degrees" -> shown 20x40."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _encode(Image.new("RGB", (40, 20), (200, 30, 30)), "JPEG", exif=exif)
+
+
+def _palette_with_transparency() -> bytes:
+    image = Image.new("P", (30, 20), 1)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    return _encode(image, "PNG", transparency=0)
+
+
+def _animated_gif() -> bytes:
+    frames = [Image.new("P", (24, 16), i) for i in range(3)]
+    return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+
+
+def _grey16() -> bytes:
+    ramp = (np.arange(16 * 24, dtype=np.uint16).reshape(16, 24) * 150).astype(np.uint16)
+    return _encode(Image.fromarray(ramp), "PNG")
+
+
+@pytest.mark.parametrize(
+    "name, make, size",
+    [
+        ("dot.png", lambda: _png_bytes(1, 1), (1, 1)),  # a single pixel still segments
+        ("grey16.png", _grey16, (24, 16)),  # 16-bit grey, stretched to 8 bits
+        (
+            "cmyk.jpg",
+            lambda: _encode(Image.new("CMYK", (30, 20), (0, 50, 200, 0)), "JPEG"),
+            (30, 20),
+        ),
+        ("palette.png", _palette_with_transparency, (30, 20)),  # P with a transparent index
+        ("rgba.png", lambda: _png_bytes(30, 20, "RGBA"), (30, 20)),  # alpha on white
+        ("la.png", lambda: _png_bytes(30, 20, "LA"), (30, 20)),  # grey + alpha
+        ("rotated.jpg", _exif_rotated_jpeg, (20, 40)),  # EXIF orientation applied
+        ("animated.gif", _animated_gif, (24, 16)),  # first frame
+    ],
+)
+def test_unusual_but_valid_uploads_are_segmented(launched, name, make, size):
+    """Each result is at the size the picture is shown at: (width, height)."""
+    _, client, files = launched
+    upload = _write(files / name, make())
+    _, _, table, label_map, _ = client.predict(
+        handle_file(upload), SEMANTIC_ID, 0.5, api_name="/semantic"
+    )
+    with Image.open(label_map) as ids:
+        assert ids.size == size
+    assert sum(row[2] for row in table["data"]) == pytest.approx(100, abs=0.1)
+
+
 @pytest.mark.parametrize(
     "name, make, model_id, words",
     [
@@ -158,6 +226,8 @@ def _write(path: Path, data: bytes) -> str:
         # the first 600 bytes of a real JPEG: header fine, data cut off
         ("cut.jpg", lambda p: _jpeg_bytes()[:600], SEMANTIC_ID, "truncated"),
         ("strip.png", lambda p: _png_bytes(4000, 8), SEMANTIC_ID, "elongated"),
+        # 64 megapixels of 1-bit PNG: a few kB on disk, over the 50 MP limit once decoded
+        ("bomb.png", lambda p: _png_bytes(8000, 8000, "1"), SEMANTIC_ID, "too large"),
         ("ok.png", lambda p: Path(p).read_bytes(), "facebook/not-offered", "not offered"),
         ("ok.png", lambda p: Path(p).read_bytes(), "/etc", "not offered"),
     ],
@@ -263,20 +333,3 @@ def test_creating_the_app_loads_no_model(launched):
     models.clear_cache()
     app.create_app()
     assert models.cached_model_ids() == []
-
-
-def _jpeg_bytes() -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def _png_bytes(width: int, height: int) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
