@@ -75,6 +75,7 @@ def save_checkpoint(
     processor: Any,
     extra_files: dict[str, str | bytes] | None = None,
     keep: tuple[str, ...] = (),
+    weights_dtype: Any = None,
 ) -> Path:
     """Write ``model`` (safetensors) and ``processor`` to ``out_dir`` atomically.
 
@@ -88,6 +89,9 @@ def save_checkpoint(
         keep: names of entries of an existing ``out_dir`` to carry into the new one (e.g.
             train/run.py's ``"state"`` resume folder). They are hard-linked into the temp
             folder before the swap, so they exist under ``out_dir`` at every instant.
+        weights_dtype: store floating-point tensors in this ``torch.dtype`` (e.g.
+            ``torch.float16`` halves the file for Spaces' 10 MB non-LFS limit). config.json
+            keeps the model's own dtype, so :func:`load_checkpoint` gives it back in float32.
 
     Returns:
         ``out_dir`` as a Path.
@@ -97,7 +101,13 @@ def save_checkpoint(
     _remove_stale_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        model.save_pretrained(tmp)
+        state_dict = None
+        if weights_dtype is not None:
+            state_dict = {
+                k: v.to(weights_dtype) if v.is_floating_point() else v
+                for k, v in model.state_dict().items()
+            }
+        model.save_pretrained(tmp, state_dict=state_dict)
         if processor is not None:
             processor.save_pretrained(tmp)
         for name, content in (extra_files or {}).items():
@@ -358,6 +368,7 @@ def _check_safetensors(folder: Path, path: Path) -> None:
 
 
 def _load_model(folder: Path, kind: str, use_safetensors: bool) -> Any:
+    import torch
     from transformers import AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation
 
     auto = (
@@ -371,6 +382,9 @@ def _load_model(folder: Path, kind: str, use_safetensors: bool) -> Any:
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=use_safetensors,
+            # float32 whatever the file stores: fp16 checkpoints (half the size) must not
+            # run half precision on CPU, where it is slow and not what parity tests expect
+            dtype=torch.float32,
             output_loading_info=True,
         )
     except Exception as err:

@@ -81,6 +81,8 @@ DEFAULTS = dict(
     crop_size=(512, 512),  # training crop (H W), padded with IGNORE_INDEX when the image is smaller
     scale_range=(0.5, 2.0),  # random rescale of the --image-size input before cropping
     jitter=(0.25, 0.25, 0.25, 0.1),  # brightness, contrast, saturation, hue (0 0 0 0 = off)
+    class_weights="none",  # "enet": loss weight 1/ln(1.02 + class pixel share) (ENet, Paszke 2016)
+    save_dtype="float32",  # dtype of the exported weights; float16 halves the file (Spaces: <10 MB)
     eval_every=None,  # optimizer steps; default: once per epoch (and always at the end)
     save_every=None,  # resume-state interval; default: with every evaluation
     save_total_limit=2,  # resume states kept in OUTPUT/state
@@ -125,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--scale-range", type=float, nargs=2, metavar=("MIN", "MAX"))
     p.add_argument("--jitter", type=float, nargs=4, metavar=("B", "C", "S", "H"))
+    p.add_argument("--class-weights", choices=("none", "enet"))
+    p.add_argument("--save-dtype", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--eval-every", type=int)
     p.add_argument("--save-every", type=int)
     p.add_argument("--save-total-limit", type=int)
@@ -204,6 +208,33 @@ def load_start_model(
     return model, processor
 
 
+# ----------------------------------------------------------------------------- loss
+
+
+def enet_class_weights(pixel_counts) -> torch.Tensor:
+    """ENet's class weighting ``1 / ln(1.02 + p_c)``, ``p_c`` = class share of train pixels.
+
+    Rare classes (poles, signs, pedestrians) get up to ~50x the weight of a class that
+    covers everything, bounded unlike inverse frequency, so mIoU (a mean over classes)
+    is not dominated by road and sky. ``(num_labels,)`` float32.
+    """
+    counts = torch.as_tensor(pixel_counts, dtype=torch.float64)
+    share = counts / counts.sum().clamp(min=1)
+    return (1.0 / torch.log(1.02 + share)).float()
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Class-weighted cross-entropy, computed as the models compute theirs: logits
+    (``N x C x h x w``) upsampled bilinearly to the labels' ``H x W``; IGNORE_INDEX skipped."""
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = torch.nn.functional.interpolate(
+            logits, size=labels.shape[-2:], mode="bilinear", align_corners=False
+        )
+    return torch.nn.functional.cross_entropy(
+        logits.float(), labels, weight=weight, ignore_index=IGNORE_INDEX
+    )
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -239,6 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
+        # `accelerate launch --multi_gpu` on a machine without CUDA would start N independent
+        # single-process runs writing one folder; cpu=True makes them one gloo DDP group
+        cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available(),
         gradient_accumulation_steps=args.grad_accum,
         # the shuffle order is a function of (seed, epoch): a resumed run sees the same order
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -257,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_labels = len(splits.id2label)
         label_args = dict(reduce_labels=args.reduce_labels, ignore_index=args.ignore_index)
         if not args.eval_only:
-            data.validate(splits.train, num_labels, split="train", **label_args)
+            train_counts = data.validate(splits.train, num_labels, split="train", **label_args)
         data.validate(splits.val, num_labels, split="val", **label_args)
     except data.DatasetError as err:
         raise SystemExit(f"dataset error: {err}") from None
@@ -265,7 +299,9 @@ def main(argv: list[str] | None = None) -> dict:
     model, processor = load_start_model(
         args.model, splits.id2label, args.image_size, tuple(args.crop_size)
     )
-    fixed_size = {"height", "width"} <= set(getattr(processor, "size", {}) or {})
+    # transformers 5's SizeDict iterates as (key, value) pairs: dict() it before asking for keys
+    size = dict(getattr(processor, "size", None) or {})
+    fixed_size = {"height", "width"} <= set(size)
     val_set = transforms.SegmentationDataset(splits.val, processor, **label_args)
     val_loader = torch.utils.data.DataLoader(
         val_set,
@@ -298,6 +334,11 @@ def main(argv: list[str] | None = None) -> dict:
         persistent_workers=args.num_workers > 0,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    class_weights = (
+        enet_class_weights(train_counts).to(accelerator.device)
+        if args.class_weights == "enet"
+        else None
+    )
     model, optimizer, train_loader, val_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader
     )
@@ -357,9 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
         "id2label": splits.id2label,
-        "image_size": [processor.size.get("height"), processor.size.get("width")]
-        if fixed_size
-        else processor.size,
+        "image_size": [size["height"], size["width"]] if fixed_size else size,
     }
     if main_process:
         outputs.write_json(output_dir / "training_config.json", run_config)
@@ -383,6 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ),
             },
             keep=outputs.KEEP,
+            weights_dtype=getattr(torch, args.save_dtype),
         )
 
     # --- train
@@ -402,7 +442,11 @@ def main(argv: list[str] | None = None) -> dict:
         for batch_index, batch in enumerate(batches, start=skip):
             with accelerator.accumulate(model):
                 outputs_ = model(**batch)
-                loss = outputs_.loss
+                loss = (
+                    outputs_.loss
+                    if class_weights is None
+                    else weighted_loss(outputs_.logits, batch["labels"], class_weights)
+                )
                 if not torch.isfinite(loss):
                     # a crop with only ignored pixels gives NaN; a zero loss keeps DDP's
                     # gradient all-reduce in step on every process
