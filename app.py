@@ -34,8 +34,9 @@ QUEUE_MAX_SIZE = 32
 "queue full" instead of piling up."""
 
 INFERENCE_CONCURRENCY = 1
-"""Inference events (env ``SEGDEMO_CONCURRENCY``) running at once, across all tabs. torch already spreads one request
-over every core, so running two at once mostly doubles the memory, not the speed."""
+"""Inference events running at once, across all tabs (env ``SEGDEMO_CONCURRENCY``).
+torch already spreads one request over every core, so running two at once mostly
+doubles the memory, not the speed."""
 
 CONCURRENCY_ID = "inference"
 
@@ -65,6 +66,8 @@ def _upload(value: dict | None) -> tuple[str | None, str | None]:
     """
     if not value:
         return None, None
+    if not isinstance(value, dict):
+        raise service.RequestError("the image must be an uploaded file; upload it first")
     return value.get("path"), value.get("orig_name")
 
 
@@ -86,8 +89,8 @@ def example_images() -> list[str]:
 
 
 def _run(task: Task, image, model_id, options_kwargs: dict, progress: gr.Progress):
-    path, name = _upload(image)
     try:
+        path, name = _upload(image)
         options = service.Options(**options_kwargs)
         output = service.run_task(
             path, model_id, task, options, service.new_request_dir(), _adapt(progress), name=name
