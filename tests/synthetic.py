@@ -21,7 +21,9 @@ ID2LABEL = {0: "background", 1: "box", 2: "disc"}
 COLOURS = {1: (220, 40, 40), 2: (40, 60, 220)}
 
 
-def make_pair(rng: np.random.Generator, height: int = 48, width: int = 64, void: int = 255) -> tuple[np.ndarray, np.ndarray]:
+def make_pair(
+    rng: np.random.Generator, height: int = 48, width: int = 64, void: int = 255
+) -> tuple[np.ndarray, np.ndarray]:
     """One ``(HxWx3 uint8 RGB, HxW uint8 raw labels)`` pair; ``void`` marks the rings."""
     image = rng.normal(128, 20, (height, width, 3)).clip(0, 255).astype(np.uint8)
     labels = np.zeros((height, width), np.uint8)
@@ -38,7 +40,9 @@ def make_pair(rng: np.random.Generator, height: int = 48, width: int = 64, void:
             grown = _dilate(inside)
             labels[grown & ~inside] = void
             labels[inside] = class_id
-            image[inside] = np.asarray(COLOURS[class_id]) + rng.normal(0, 10, (inside.sum(), 3)).clip(-30, 30)
+            image[inside] = np.asarray(COLOURS[class_id]) + rng.normal(
+                0, 10, (inside.sum(), 3)
+            ).clip(-30, 30)
     return image, labels
 
 
