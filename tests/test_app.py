@@ -11,6 +11,7 @@ import io
 import json
 import re
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,10 +38,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app(checkpoints: Path, env: dict[str, str] | None = None):
+def serve_app(checkpoints: Path, scratch: Path, env: dict[str, str] | None = None):
     """The app on a free loopback port, discovering models in ``checkpoints``, with extra
-    environment ``env`` while it is built; yields the Blocks."""
+    environment ``env`` while it is built; yields the Blocks.
+
+    The system temp dir is ``scratch`` meanwhile: the app writes its downloads there,
+    and gradio_client leaves an empty folder there for every file it downloads.
+    """
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(scratch))
         mp.setenv("SEGDEMO_CHECKPOINTS", str(checkpoints))
         mp.delenv("SEGDEMO_ALLOW_ANY_MODEL", raising=False)
         for name, value in (env or {}).items():
@@ -73,7 +79,7 @@ def launched(tmp_path_factory):
     """(demo, client, files): the app with two tiny local models, and a gradio_client for it."""
     root = build_models(tmp_path_factory.mktemp("app-checkpoints"))
     files = tmp_path_factory.mktemp("app-files")
-    with serve_app(root) as demo:
+    with serve_app(root, files) as demo:
         yield demo, Client(demo.local_url, verbose=False, download_files=str(files)), files
 
 
@@ -290,7 +296,7 @@ def test_a_full_queue_refuses_with_a_message(tmp_path, photo, monkeypatch):
     monkeypatch.setattr(app.service, "run_task", slow_run_task)
     root = build_models(tmp_path / "checkpoints")
     env = {"SEGDEMO_QUEUE_SIZE": "1", "SEGDEMO_CONCURRENCY": "1"}
-    with serve_app(root, env) as demo:
+    with serve_app(root, tmp_path, env) as demo:
         client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
         jobs = [
             client.submit(handle_file(photo), SEMANTIC_ID, 0.5, api_name="/semantic")

@@ -56,7 +56,8 @@ def page_and_requests(tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api")
     root = build_models(tmp_path_factory.mktemp("browser-checkpoints"))
     requests: list[str] = []
-    with serve_app(root) as demo, sync_api.sync_playwright() as playwright:
+    scratch = tmp_path_factory.mktemp("browser-scratch")
+    with serve_app(root, scratch) as demo, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
