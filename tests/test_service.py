@@ -255,3 +255,15 @@ def test_new_request_dir_prunes_only_old_folders(tmp_path):
     assert not old.exists()
     assert recent.is_dir() and fresh.is_dir() and recent != fresh
     assert Path(recent).parent == tmp_path
+
+
+def test_repeated_requests_reuse_the_loaded_model(checkpoints, photo, tmp_path, monkeypatch):
+    from segdemo import models
+
+    models.clear_cache()
+    loads = []
+    real_load = models._load
+    monkeypatch.setattr(models, "_load", lambda spec: loads.append(spec.id) or real_load(spec))
+    for _ in range(3):
+        service.run_task(photo, SEMANTIC_ID, "semantic", service.Options(), tmp_path)
+    assert loads == [SEMANTIC_ID]
