@@ -1,0 +1,294 @@
+"""train/run.py end to end on synthetic shapes: it learns, resumes after a kill, and its
+2-process DDP evaluation equals single-process evaluation of the exported checkpoint.
+
+Tiny random-init models on 48x64 images, CPU, one BLAS thread (two threads on two busy
+cores were 15x slower per step here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from builders import build_tiny
+from synthetic import ID2LABEL, write_folder
+
+from segdemo import presets
+from segdemo.checkpoint import load_checkpoint
+from segdemo.registry import discover_local
+from train import outputs, run
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--image-size", "96", "128", "--crop-size", "96", "128", "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """14 train / 5 val synthetic pairs and a tiny SegFormer checkpoint with other labels."""
+    root = tmp_path_factory.mktemp("train")
+    data_dir = write_folder(root / "shapes", n_train=14, n_val=5)
+    tiny = build_tiny("segformer", root / "tiny", id2label={0: "a", 1: "b"}, image_size=64)
+    return data_dir, tiny
+
+
+def subprocess_env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_learns_and_exports_a_checkpoint_the_app_discovers(shapes, tmp_path):
+    data_dir, tiny = shapes
+    out = tmp_path / "checkpoints" / "shapes"
+    result = run.main(
+        [*FAST, "--model", str(tiny), "--data-dir", str(data_dir), "--output-dir", str(out)]
+        + ["--max-steps", "150", "--eval-every", "50", "--batch-size", "4", "--lr", "3e-3"]
+        + ["--palette", "camvid", "--title", "Shapes"]
+    )
+    assert result["step"] == 150
+    assert result["best"]["mean_iou"] >= 0.9, result["history"]["eval"]
+
+    # OUTPUT is the best model, loadable while state/ holds resume states
+    model, processor = load_checkpoint(out)
+    assert model.config.id2label == ID2LABEL and model.config.semantic_loss_ignore_index == 255
+    assert processor.do_reduce_labels is False
+    assert outputs.latest_state(out).name == "step-150"
+    report = json.loads((out / "eval_results.json").read_text())
+    assert report["step"] == result["best"]["step"]
+    assert report["mean_iou"] == pytest.approx(result["best"]["mean_iou"])
+    assert set(report["per_category_iou"]) == set(ID2LABEL.values())
+    history = json.loads((out / "history.json").read_text())
+    assert [r["step"] for r in history["eval"]] == [50, 100, 150]
+    for name in ("curves.png", "per_class_iou.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "training_config.json").read_text())["total_steps"] == 150
+
+    (spec,) = discover_local(out.parent)
+    assert (spec.id, spec.palette, spec.title) == ("local/shapes", "camvid", "Shapes")
+
+
+KILLER = """
+import os, signal, sys
+import accelerate
+
+original = accelerate.Accelerator.save_state
+calls = []
+
+
+def save_state(self, *args, **kwargs):
+    result = original(self, *args, **kwargs)
+    calls.append(1)
+    if len(calls) == 2:  # the second state is written but not yet published: die now
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+
+accelerate.Accelerator.save_state = save_state
+from train import run
+
+run.main(sys.argv[1:])
+"""
+
+
+def test_a_killed_run_resumes_and_finishes_with_the_same_total_steps(shapes, tmp_path, capsys):
+    data_dir, tiny = shapes
+    out = tmp_path / "run"
+    # 14 images, batch 4, drop_last: 3 steps per epoch, so step 4 is in the middle of epoch 1
+    args = [*FAST, "--model", str(tiny), "--data-dir", str(data_dir), "--output-dir", str(out)]
+    args += ["--max-steps", "10", "--save-every", "4", "--eval-every", "100", "--log-every", "1"]
+    args += ["--batch-size", "4", "--lr", "3e-3"]
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILLER)
+    killed = subprocess.run(
+        [sys.executable, str(script), *args],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # step 8 was half-done: it must not count as a state
+    assert (out / "state" / "step-8.tmp").is_dir() and not (out / "state" / "step-8").exists()
+    assert outputs.latest_state(out).name == "step-4"
+    state = outputs.read_trainer_state(outputs.latest_state(out))
+    assert (state["step"], state["epoch"], state["batches_done"]) == (4, 1, 1)
+
+    result = run.main(args)  # the same command again resumes by default
+    assert "at step 4 (epoch 1)" in capsys.readouterr().out
+    assert result["step"] == 10
+    assert [r["step"] for r in result["history"]["train"]] == list(range(1, 11))  # each step once
+    assert sorted(p.name for p in (out / "state").iterdir()) == [
+        "step-10",
+        "step-8",
+    ]  # limit 2, no temps
+    assert outputs.read_trainer_state(out / "state" / "step-10")["step"] == 10
+    load_checkpoint(out)
+
+    # nothing left to do: running it again changes nothing
+    assert run.main(args)["step"] == 10
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_evaluation_equals_single_process_evaluation(shapes, tmp_path, monkeypatch):
+    data_dir, tiny = shapes
+    out = tmp_path / "checkpoints" / "ddp"
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+    ]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(_free_port())]
+    # 5 val images on 2 processes: accelerate pads the last batch with a duplicate
+    args = [*FAST, "--model", str(tiny), "--data-dir", str(data_dir), "--output-dir", str(out)]
+    args += ["--max-steps", "12", "--batch-size", "2", "--eval-batch-size", "1", "--lr", "3e-3"]
+    done = subprocess.run(
+        [*launch, str(ROOT / "train" / "run.py"), *args],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [s.id for s in discover_local(out.parent)] == ["local/ddp"]  # one checkpoint
+    config = json.loads((out / "training_config.json").read_text())
+    assert config["num_processes"] == 2
+    assert sorted(p.name for p in outputs.latest_state(out).glob("random_states_*")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
+    ddp = json.loads((out / "eval_results.json").read_text())
+
+    # the same evaluation code in one process
+    single = run.main(
+        [
+            *FAST,
+            "--model",
+            str(out),
+            "--data-dir",
+            str(data_dir),
+            "--eval-only",
+            "--eval-batch-size",
+            "1",
+        ]
+    )
+    assert single["mean_iou"] == ddp["mean_iou"]
+    iou = [ddp["per_category_iou"][ID2LABEL[i]] for i in range(len(ID2LABEL))]
+    np.testing.assert_array_equal(single["per_category_iou"], np.asarray(iou, dtype=float))
+
+    # and the CLI's evaluation (segdemo.segment, the app's inference path)
+    from segdemo.evaluate import evaluate_folder, model_predictor
+
+    monkeypatch.setenv("SEGDEMO_ALLOW_ANY_MODEL", "1")
+    predict, _ = model_predictor(str(out))
+    matrix, _, count = evaluate_folder(data_dir, predict)
+    assert count == 5
+    assert matrix.compute()["mean_iou"] == ddp["mean_iou"]
+
+
+def test_hf_dataset_input(shapes, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+    from synthetic import make_pair
+
+    rng = np.random.default_rng(3)
+    rows = [make_pair(rng) for _ in range(6)]
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    table = datasets.Dataset.from_dict(
+        {
+            "image": [Image.fromarray(i) for i, _ in rows],
+            "annotation": [Image.fromarray(a) for _, a in rows],
+        },
+        features=features,
+    )
+    folder = tmp_path / "hf"
+    datasets.DatasetDict(
+        {"train": table.select(range(4)), "validation": table.select(range(4, 6))}
+    ).save_to_disk(str(folder))
+    (folder / "id2label.json").write_text(json.dumps(ID2LABEL))
+    out = tmp_path / "out"
+    result = run.main(
+        [*FAST, "--model", str(shapes[1]), "--dataset", str(folder), "--output-dir", str(out)]
+        + ["--max-steps", "2", "--batch-size", "2"]
+    )
+    assert result["step"] == 2 and len(result["history"]["eval"]) == 1
+    load_checkpoint(out)
+
+
+@pytest.mark.parametrize("name", list(presets.PRESETS))
+def test_presets_build_with_the_ignore_index_in_their_loss(name):
+    torch.manual_seed(0)
+    model, processor = presets.build_preset(name, ID2LABEL, (64, 64))
+    labels = torch.randint(0, len(ID2LABEL), (2, 64, 64))
+    loss = model(pixel_values=torch.randn(2, 3, 64, 64), labels=labels).loss
+    ignored = labels.clone()
+    ignored[:, :32] = 255
+    loss_ignored = model(pixel_values=torch.randn(2, 3, 64, 64), labels=ignored).loss
+    assert torch.isfinite(loss) and torch.isfinite(loss_ignored)
+    assert model.config.id2label == ID2LABEL
+    assert dict(processor.size) == {"height": 64, "width": 64}
+
+
+def test_preset_training_run(shapes, tmp_path):
+    data_dir, _ = shapes
+    out = tmp_path / "preset"
+    result = run.main(
+        ["--model", "upernet-resnet-s", "--data-dir", str(data_dir), "--output-dir", str(out)]
+        + ["--crop-size", "48", "64", "--num-workers", "0", "--max-steps", "2", "--batch-size", "2"]
+    )
+    assert result["step"] == 2
+    model, processor = load_checkpoint(out)
+    assert type(model).__name__ == "UperNetForSemanticSegmentation"
+    assert dict(processor.size) == {"height": 48, "width": 64}  # presets default to the crop size
+
+
+@pytest.mark.parametrize(
+    "extra, env, message",
+    [
+        ([], {}, "give the data"),  # neither --data-dir nor --dataset
+        (["--data-dir", "x", "--push-to-hub"], {"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+    ],
+)
+def test_argument_errors(extra, env, message, monkeypatch, capsys):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit):
+        run.parse_args(extra)
+    assert message in capsys.readouterr().err
+
+
+def test_dataset_errors_stop_before_training(shapes, tmp_path):
+    data_dir, tiny = shapes
+    broken = write_folder(tmp_path / "broken", n_train=3, n_val=1)
+    (broken / "train" / "annotations" / "train_001.png").unlink()
+    with pytest.raises(
+        SystemExit, match=r"dataset error: .*train_001\.png: image has no annotation"
+    ):
+        run.main(
+            ["--model", str(tiny), "--data-dir", str(broken), "--output-dir", str(tmp_path / "o")]
+        )
+    assert not (tmp_path / "o").exists()
