@@ -61,7 +61,7 @@ def upsample_argmax(
     tolerance = 64 * torch.finfo(torch.float32).eps * float(logits.abs().max()) + 1e-30
     candidate = window_max >= floor - tolerance  # C x h x w: can class c win in window (i, j)?
     if logits.device.type == "cpu" and _emulation_matches(logits.shape, size):
-        return _sparse(logits, candidate, size, budget_bytes)
+        return _sparse(logits, candidate, size, budget_bytes, tolerance)
     classes = torch.nonzero(candidate.flatten(1).any(dim=1)).flatten()
     return _chunked(logits, classes, size, budget_bytes)
 
@@ -127,14 +127,19 @@ def _groups(classes: torch.Tensor, chunk: int, num_classes: int) -> list[torch.T
 
 
 def _sparse(
-    logits: torch.Tensor, candidate: torch.Tensor, size: tuple[int, int], budget_bytes: int
+    logits: torch.Tensor,
+    candidate: torch.Tensor,
+    size: tuple[int, int],
+    budget_bytes: int,
+    tolerance: float,
 ) -> np.ndarray:
     """Emulated interpolation of each window's candidate classes over that window's pixels.
 
     A window ``(i, j)`` owns the output pixels whose first source row is ``i`` and first
     source column is ``j``: a block of ``R_i x C_j`` pixels sharing the same four corner
-    values per class. Windows are grouped by candidate count ``K`` so that one tensor
-    ``(windows, R, C, K)`` holds them and ``argmax`` over ``K`` picks the winner.
+    values per class. Windows are grouped by candidate count ``K``; the width pass gives
+    each candidate's value at the block's top and bottom source rows per column, and only
+    columns where two candidates' top-bottom ranges overlap get the height pass.
     """
     num_classes, low_h, low_w = candidate.shape
     rows, cols = _weights(low_h, size[0]), _weights(low_w, size[1])
@@ -173,10 +178,24 @@ def _sparse(
             wx0, wx1 = cols[2][xs][:, :, None], cols[3][xs][:, :, None]  # (n, C, 1)
             top = _fma(v00, wx0, v01 * wx1)  # (n, C, k)
             bottom = _fma(v10, wx0, v11 * wx1)
-            wy0, wy1 = rows[2][ys][:, :, None, None], rows[3][ys][:, :, None, None]  # (n, R, 1, 1)
-            values = _fma(top[:, None], wy0, bottom[:, None] * wy1)  # (n, R, C, k)
-            # argmax returns the first maximum: the lowest class id on ties, like the reference
-            winners = torch.gather(classes, 1, values.argmax(dim=3).flatten(1))
+            # per column, a class's value down the block lies between its top and bottom
+            # values: where one class's range clears all others', the column is decided
+            low, high = torch.minimum(top, bottom), torch.maximum(top, bottom)
+            alive = high >= low.max(dim=2, keepdim=True).values - tolerance  # (n, C, k)
+            first_alive = torch.gather(classes, 1, alive.to(torch.uint8).argmax(dim=2))  # (n, C)
+            winners = first_alive[:, None, :].expand(-1, block_r, -1).clone()  # (n, R, C)
+            open_n, open_c = torch.nonzero(alive.sum(dim=2) > 1, as_tuple=True)
+            if open_n.numel():
+                wy0 = rows[2][ys[open_n]][:, :, None]  # (m, R, 1)
+                wy1 = rows[3][ys[open_n]][:, :, None]
+                top_m, bottom_m = (
+                    top[open_n, open_c][:, None, :],
+                    bottom[open_n, open_c][:, None, :],
+                )  # (m, 1, k)
+                values = _fma(top_m, wy0, bottom_m * wy1)  # (m, R, k)
+                # argmax returns the first maximum: the lowest class id on ties, like the reference
+                best = torch.gather(classes[open_n], 1, values.argmax(dim=2))  # (m, R)
+                winners[open_n, :, open_c] = best
             valid = (r_off[None, :, None] < row_count[wi][:, None, None]) & (
                 c_off[None, None, :] < col_count[wj][:, None, None]
             )
