@@ -90,6 +90,12 @@ def evaluate_folder(
         raw = read_annotation(pair.annotation, name=str(pair.annotation))
         ref = to_train_ids(raw, reduce_labels=reduce_labels, ignore_index=ignore_index)
         image = _read_image(pair.image) if needs_image else None
+        if image is not None and (image.height, image.width) != ref.shape:
+            # the model would be scored on a picture its reference does not describe
+            raise EvaluateError(
+                f"{pair.image}: image is {image.width}x{image.height} but {pair.annotation.name} is "
+                f"{ref.shape[1]}x{ref.shape[0]}; annotations must have the image's size"
+            )
         pred = np.asarray(predict(pair.name, image, ref.shape))
         if pred.shape != ref.shape:
             raise EvaluateError(
