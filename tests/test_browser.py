@@ -2,10 +2,14 @@
 
 Open the page, upload a photo, pick a model, run, see the annotated image and its
 legend; a broken upload shows an error and the next run works; switch tab and
-repeat with an example thumbnail; save a screenshot. Every request the page makes must stay on loopback.
+repeat with an example thumbnail; save a screenshot. Every request the page makes
+must stay on loopback.
 
 Skips when /usr/bin/chromium is missing (``apt-get install chromium``), except under
 CI (env ``CI`` set), where a missing browser is a failure.
+
+The README's screenshot comes from the same helpers, with the app's real models:
+``HF_HUB_OFFLINE=1 python -m tests.test_browser docs/screenshot.png`` (see :func:`main`).
 """
 
 from __future__ import annotations
@@ -173,3 +177,41 @@ def _leaves_machine(url: str) -> bool:
     if parts.scheme in ("data", "blob", "about", "chrome", "chrome-extension"):
         return False
     return parts.hostname not in LOOPBACK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Screenshot the Semantic tab after a run on an example, with the models the app
+    finds (``checkpoints/`` or ``$SEGDEMO_CHECKPOINTS``) and its default model."""
+    import argparse
+
+    from playwright.sync_api import sync_playwright
+
+    parser = argparse.ArgumentParser(prog="python -m tests.test_browser", description=main.__doc__)
+    parser.add_argument("out", type=Path, help="PNG to write, e.g. docs/screenshot.png")
+    parser.add_argument("--example", default=PHOTO.name, help="file name in examples/")
+    args = parser.parse_args(argv)
+    import app
+
+    demo = app.create_app()
+    demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.launch_kwargs()
+    )
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(demo.local_url, wait_until="load")
+            page.wait_for_selector("#semantic-run")
+            _pick_example(page, "semantic", args.example)
+            legend = _run_and_read_legend(page, "semantic", 0.5)
+            page.screenshot(path=str(args.out), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    print(f"{args.out}: legend {legend}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
