@@ -471,6 +471,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "epoch": epoch,
                         "loss": mean_loss,
                         "lr": scheduler.get_last_lr()[0],
+                        # wall seconds since this process started training (bench/bench_train.py)
+                        "elapsed": time.perf_counter() - started,
                     }
                 )
                 bar.set_postfix(loss=f"{mean_loss:.3f}")

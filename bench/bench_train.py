@@ -1,0 +1,191 @@
+"""Training throughput: train/run.py against the transformers guide's recipe, images/s.
+
+    nice python bench/bench_train.py                       # CamVid from ../shared/datasets
+    nice python bench/bench_train.py --batch-size 4 --steps 20 --threads 2 --num-workers 2
+
+Both sides train the same real-size random-init SegFormer-B0 (segdemo preset
+``segformer-b0``: hidden 32/64/160/256, 11 classes) on the same CamVid train images at
+their native 360x480, with the same batch, CPU threads, DataLoader workers, AdamW lr 6e-5:
+
+* **guide** -- the semantic segmentation task guide: a 🤗 ``datasets`` table with
+  ``set_transform`` running colour jitter and the image processor on every batch, trained
+  by ``transformers.Trainer``. (The guide's ``torchvision`` ColorJitter is replaced by
+  segdemo's PIL jitter, the same ImageEnhance operations torchvision runs on PIL images:
+  torchvision is not a dependency here.)
+* **ours** -- ``train/run.py`` with its default augmentation (random scale 0.5-2.0, crop,
+  flip, jitter: more work per image than the guide), normalisation in the Dataset.
+
+Each side runs in its own process; images/s is measured over ``--steps`` optimizer steps
+after ``--warmup`` steps. Prints a table and the ratio ours/guide (target >= 1.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "camvid"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    p.add_argument("--ignore-index", type=int, default=11, help="raw void value (CamVid: 11)")
+    p.add_argument("--size", type=int, nargs=2, default=(360, 480), metavar=("H", "W"))
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--side", choices=("ours", "guide"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- the guide
+
+
+def run_guide(args: argparse.Namespace) -> float:
+    import datasets
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from segdemo import data, presets
+    from segdemo.transforms import color_jitter
+
+    splits = data.load_folder(args.data_dir)
+    pairs = splits.train.pairs
+    features = datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()})
+    train_ds = datasets.Dataset.from_dict(
+        {"image": [str(p.image) for p in pairs], "annotation": [str(p.annotation) for p in pairs]},
+        features=features,
+    )
+    model, processor = presets.build_preset("segformer-b0", splits.id2label, tuple(args.size))
+    # the guide maps no void value: point the loss at CamVid's raw void instead
+    model.config.semantic_loss_ignore_index = args.ignore_index
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def train_transforms(example_batch):  # the guide's function, jitter as explained above
+        images = [
+            color_jitter(x.convert("RGB"), 0.25, 0.25, 0.25, 0.1, rng=rng)
+            for x in example_batch["image"]
+        ]
+        labels = [x for x in example_batch["annotation"]]
+        return processor(images, labels)
+
+    train_ds.set_transform(train_transforms)
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, *_, **__):
+            times.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out:
+        training_args = TrainingArguments(
+            output_dir=out,
+            learning_rate=6e-5,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.warmup + args.steps,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_steps=10**6,
+            remove_unused_columns=False,
+            report_to="none",
+            dataloader_num_workers=args.num_workers,
+            use_cpu=True,
+            seed=0,
+            disable_tqdm=True,
+        )
+        Trainer(
+            model=model, args=training_args, train_dataset=train_ds, callbacks=[Clock()]
+        ).train()
+    return args.batch_size * args.steps / (times[-1] - times[args.warmup - 1])
+
+
+# ----------------------------------------------------------------------------- ours
+
+
+def run_ours(args: argparse.Namespace) -> float:
+    from train import run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # the same train split; a 2-image val split so the final evaluation stays short
+        data_dir = Path(tmp) / "data"
+        (data_dir / "val" / "images").mkdir(parents=True)
+        (data_dir / "val" / "annotations").mkdir(parents=True)
+        source = Path(args.data_dir)
+        (data_dir / "train").symlink_to(source / "train", target_is_directory=True)
+        (data_dir / "id2label.json").symlink_to(source / "id2label.json")
+        for image in sorted((source / "val" / "images").iterdir())[:2]:
+            (data_dir / "val" / "images" / image.name).symlink_to(image)
+            annotation = source / "val" / "annotations" / f"{image.stem}.png"
+            (data_dir / "val" / "annotations" / annotation.name).symlink_to(annotation)
+        height, width = args.size
+        result = run.main(
+            [
+                "--model",
+                "segformer-b0",
+                "--data-dir",
+                str(data_dir),
+                "--output-dir",
+                str(Path(tmp) / "out"),
+            ]
+            + ["--ignore-index", str(args.ignore_index), "--batch-size", str(args.batch_size)]
+            + ["--image-size", str(height), str(width), "--crop-size", str(height), str(width)]
+            + ["--max-steps", str(args.warmup + args.steps), "--log-every", "1", "--lr", "6e-5"]
+            + ["--num-workers", str(args.num_workers), "--eval-every", str(10**6)]
+        )
+    elapsed = {r["step"]: r["elapsed"] for r in result["history"]["train"]}
+    return args.batch_size * args.steps / (elapsed[args.warmup + args.steps] - elapsed[args.warmup])
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    args = parse_args()
+    if args.side:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        rate = run_ours(args) if args.side == "ours" else run_guide(args)
+        print("RESULT " + json.dumps({"images_per_s": rate, "threads": torch.get_num_threads()}))
+        return
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    results = {}
+    for side in ("guide", "ours"):
+        command = [sys.executable, __file__, *sys.argv[1:], "--side", side]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode != 0 or not lines:
+            sys.exit(f"{side} failed:\n{done.stderr[-3000:]}")
+        results[side] = json.loads(lines[-1][len("RESULT ") :])
+    h, w = args.size
+    print(f"SegFormer-B0 random init, CamVid train {h}x{w}, batch {args.batch_size}, ", end="")
+    print(
+        f"{args.threads} threads, {args.num_workers} workers, {args.steps} steps after {args.warmup}"
+    )
+    print(f"{'recipe':<34}{'images/s':>10}")
+    print(f"{'guide (Trainer + set_transform)':<34}{results['guide']['images_per_s']:>10.2f}")
+    print(f"{'ours (train/run.py)':<34}{results['ours']['images_per_s']:>10.2f}")
+    print(
+        f"ratio ours/guide: {results['ours']['images_per_s'] / results['guide']['images_per_s']:.2f}x (target >= 1.5x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
