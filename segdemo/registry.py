@@ -246,7 +246,10 @@ def get_spec(model_id: str) -> ModelSpec:
         )
     path = Path(model_id).expanduser()
     if path.is_dir():
-        return local_spec(path, model_id)
+        try:
+            return local_spec(path, model_id)
+        except CheckpointError as err:  # e.g. an unsupported architecture: one line, not a crash
+            raise ModelNotAllowedError(str(err)) from None
     if model_id.startswith(LOCAL_PREFIX) or model_id.count("/") != 1:
         raise ModelNotAllowedError(
             f"model {model_id!r} is neither a checkpoint folder nor a hub id (org/name); check the name"
