@@ -420,7 +420,11 @@ def _load_processor(folder: Path, kind: str) -> Any:
 
         # PIL backend always: torchvision is not a dependency, and one backend means one
         # set of numbers in tests, the app and the benchmark
-        return AutoImageProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
+        # trust_remote_code=False: a processor config naming custom code is refused, never
+        # run (left unset, transformers asks "run the custom code? [y/N]" on a terminal)
+        return AutoImageProcessor.from_pretrained(
+            folder, local_files_only=True, backend="pil", trust_remote_code=False
+        )
     except CheckpointError:
         raise
     except Exception as err:
@@ -455,7 +459,7 @@ def _load_oneformer_processor(folder: Path) -> Any:
                 f"{folder}: OneFormer class info file {class_info_file!r} not found; copy it into the checkpoint folder"
             )
     processor = OneFormerProcessor.from_pretrained(
-        folder, local_files_only=True, backend="pil", **overrides
+        folder, local_files_only=True, backend="pil", trust_remote_code=False, **overrides
     )
     if class_info_file:
         # post-processing tests the file *name* ("ade20k" in class_info_file): keep the original

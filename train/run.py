@@ -190,10 +190,11 @@ def load_start_model(
             label2id={v: k for k, v in id2label.items()},
             ignore_mismatched_sizes=True,
             local_files_only=True,
+            trust_remote_code=False,  # unset, transformers offers to run a folder's custom code
         )
         try:
             processor = AutoImageProcessor.from_pretrained(
-                folder, local_files_only=True, backend="pil"
+                folder, local_files_only=True, backend="pil", trust_remote_code=False
             )
         except OSError:  # backbone-only repos (e.g. nvidia/mit-b0) may lack one
             processor = presets.make_processor(image_size or crop)
