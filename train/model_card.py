@@ -1,0 +1,183 @@
+"""Write the model card (README.md) of a checkpoint produced by train/run.py.
+
+    python train/model_card.py checkpoints/segdemo-camvid --license cc-by-nc-4.0 \\
+        --data-note "CamVid (Brostow et al.) ..." --compute-note "1.4 CPU hours ..."
+
+Everything in the card comes from the files train/run.py wrote into the folder:
+training_config.json (the arguments, hence the command that reproduces the run),
+eval_results.json (val metrics of the exported weights), per_class_iou.png and
+curves.png. Nothing about the model is typed by hand except the data licence and
+attribution, which the training data does not carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train import outputs  # noqa: E402
+
+# arguments that describe the machine or the bookkeeping, not the recipe
+_NOT_RECIPE = {"resume", "no_resume", "eval_only", "push_to_hub", "hub_model_id"}
+
+
+def reproduce_command(config: dict, defaults: dict) -> str:
+    """``accelerate launch train/run.py ...`` with every argument that differs from its default."""
+    parts = ["accelerate", "launch"]
+    if config.get("num_processes", 1) > 1:
+        parts += ["--multi_gpu", "--num_processes", str(config["num_processes"])]
+    parts.append("train/run.py")
+    for key, default in defaults.items():
+        value = config.get(key, default)
+        if key == "id2label" and isinstance(value, dict):
+            continue  # training_config.json records the dataset's classes under this name
+        if (
+            key in _NOT_RECIPE
+            or value == default
+            or (isinstance(value, list) and tuple(value) == default)
+        ):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _fmt(value: float | None) -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.4f}"
+    )
+
+
+def model_card(
+    folder: Path, *, license: str, data_note: str, compute_note: str | None, defaults: dict
+) -> str:
+    config = json.loads((folder / "training_config.json").read_text())
+    results = json.loads((folder / "eval_results.json").read_text())
+    meta = (
+        json.loads((folder / "segdemo.json").read_text())
+        if (folder / "segdemo.json").is_file()
+        else {}
+    )
+    model_config = json.loads((folder / "config.json").read_text())
+    title = meta.get("title") or folder.name
+    arch = model_config.get("architectures", ["?"])[0]
+    backbone = (model_config.get("backbone_config") or {}).get("model_type")
+    lines = [
+        "---",
+        f"license: {license}",
+        "library_name: transformers",
+        "pipeline_tag: image-segmentation",
+        "tags: [semantic-segmentation, segdemo]",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        f"`{arch}`"
+        + (f" with a `{backbone}` backbone" if backbone else "")
+        + f", {len(config['id2label'])} classes, trained from `{config['model']}` by segdemo's"
+        " `train/run.py`; this folder is that script's output, unedited (the script also wrote"
+        " the charts below). Load it with `segdemo.checkpoint.load_checkpoint` or"
+        " `AutoModelForSemanticSegmentation.from_pretrained`; the weights are stored in"
+        f" {config.get('save_dtype', 'float32')} and load as float32.",
+        "",
+        "## Data",
+        "",
+        data_note,
+        "",
+        f"Train: {config['train_samples']} images; validation: {config['val_samples']} images"
+        + (" (carved from train)" if config.get("val_carved_from_train") else "")
+        + f". Model input: {config['image_size']} (H, W); metrics at the annotations' own resolution.",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        reproduce_command(config, defaults),
+        "```",
+        "",
+        f"Processes: {config.get('num_processes')}, torch threads: {config.get('torch_threads')},"
+        f" mixed precision: {config.get('mixed_precision')}.",
+    ]
+    if compute_note:
+        lines += ["", compute_note]
+    lines += [
+        "",
+        f"## Validation metrics (exported weights: step {results['step']} of {config['total_steps']})",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| mean IoU | {_fmt(results['mean_iou'])} |",
+        f"| mean accuracy | {_fmt(results['mean_accuracy'])} |",
+        f"| overall accuracy | {_fmt(results['overall_accuracy'])} |",
+        "",
+        "| class | IoU | accuracy |",
+        "| --- | --- | --- |",
+    ]
+    for name, iou in results["per_category_iou"].items():
+        lines.append(
+            f"| {name} | {_fmt(iou)} | {_fmt(results['per_category_accuracy'].get(name))} |"
+        )
+    lines += [
+        "",
+        "Metrics have the semantics of 🤗 evaluate's `mean_iou` (segdemo.metrics).",
+        "",
+        "![per-class IoU](per_class_iou.png)",
+        "",
+        "![training curves](curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("folder", type=Path, help="a train/run.py output folder")
+    parser.add_argument(
+        "--license", required=True, help="licence id of the model (follows its data)"
+    )
+    parser.add_argument(
+        "--data-note", required=True, help="data source, licence and attribution (Markdown)"
+    )
+    parser.add_argument("--compute-note", help="how long it trained, on what (Markdown)")
+    args = parser.parse_args(argv)
+    from train.run import DEFAULTS
+
+    missing = [
+        n
+        for n in ("training_config.json", "eval_results.json", "config.json")
+        if not (args.folder / n).is_file()
+    ]
+    if missing:
+        print(
+            f"error: {args.folder}: not a train/run.py output ({', '.join(missing)} missing)",
+            file=sys.stderr,
+        )
+        return 2
+    card = model_card(
+        args.folder,
+        license=args.license,
+        data_note=args.data_note,
+        compute_note=args.compute_note,
+        defaults=DEFAULTS,
+    )
+    outputs.write_bytes(args.folder / "README.md", card.encode())
+    print(f"wrote {args.folder / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
