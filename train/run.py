@@ -474,6 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "lr": scheduler.get_last_lr()[0],
                         # wall seconds since this process started training (bench/bench_train.py)
                         "elapsed": time.perf_counter() - started,
+                        "cpu": time.process_time(),  # this process's CPU seconds (all threads)
                     }
                 )
                 bar.set_postfix(loss=f"{mean_loss:.3f}")
