@@ -89,9 +89,15 @@ def _latest_step(out: Path) -> int:
 
 
 def _run_and_kill(command: list[str], out: Path, rng: random.Random) -> dict:
-    """Start ``command``; SIGKILL it once state ``k`` exists plus a random delay. Returns what happened."""
-    k = rng.randint(1, MAX_STEPS - 2)
-    delay = rng.uniform(0.0, 2.0)  # about one step (with its evaluation) on a busy 2-core machine
+    """Start ``command`` and SIGKILL it at a random point of the two steps after state ``k``.
+
+    The time of two steps (one with an evaluation, one without) is measured from state
+    ``k-2`` to state ``k``; the kill comes a random fraction of that after state ``k``, so
+    it lands in steps ``k+1``/``k+2`` however busy the machine is, each part (forward and
+    backward pass, evaluation, model export, state save) hit in proportion to its time.
+    """
+    k = rng.randint(3, MAX_STEPS - 3)
+    fraction = rng.random()
     process = subprocess.Popen(
         command,
         cwd=REPO,
@@ -101,20 +107,27 @@ def _run_and_kill(command: list[str], out: Path, rng: random.Random) -> dict:
         start_new_session=True,
     )
     deadline = time.monotonic() + 240
+    previous = None
     try:
-        while _latest_step(out) < k and process.poll() is None:
+        while process.poll() is None:
             assert time.monotonic() < deadline, "training did not reach the kill point"
-            time.sleep(0.02)
+            step = _latest_step(out)
+            if step >= k - 2 and previous is None:
+                previous = time.monotonic()
+            if step >= k:
+                break
+            time.sleep(0.01)
+        delay = fraction * (time.monotonic() - (previous or time.monotonic()))
         time.sleep(delay)
-        finished_first = process.poll() is not None
-        if not finished_first:
+        killed = process.poll() is None
+        if killed:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    return {"k": k, "delay": delay, "killed": not finished_first, "rc": process.returncode}
+    return {"k": k, "fraction": round(fraction, 3), "delay": round(delay, 3), "killed": killed}
 
 
 def _check_output_is_usable(out: Path) -> None:
