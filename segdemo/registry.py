@@ -325,19 +325,36 @@ def is_available_offline(spec: ModelSpec) -> bool:
     return cached_snapshot(spec.id) is not None
 
 
+def prefers_hub() -> bool:
+    """Whether a UI should preselect curated hub models.
+
+    True on a Hugging Face Space (``SPACE_ID`` is set there) or with
+    ``SEGDEMO_PREFER_HUB=1``, unless ``HF_HUB_OFFLINE`` is set. Decided from the
+    environment alone, so building the UI sends no request: the hub is contacted only
+    when somebody runs a hub model.
+    """
+    if hub_offline_env():
+        return False
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get("SEGDEMO_PREFER_HUB", "") == "1"
+
+
 def default_model(task: Task | str) -> ModelSpec | None:
     """The model a UI preselects for ``task``.
 
-    Hub reachable: the first curated model for the task. Offline: the embedded
-    checkpoint (:data:`EMBEDDED_MODEL_ID`) when present and suitable, else the first
-    model available offline, else ``None``.
+    On a Space (:func:`prefers_hub`): the first curated model for the task. Elsewhere:
+    the embedded checkpoint (:data:`EMBEDDED_MODEL_ID`) when present and suitable, else
+    the first model available offline, else (unless ``HF_HUB_OFFLINE``) the first
+    curated one, else ``None``.
     """
     task = Task.parse(task)
     candidates = models_for_task(task)
-    if hub_reachable():
+    if prefers_hub():
         curated = [s for s in candidates if s.source == "hub"]
         return (curated or candidates or [None])[0]
     embedded = [s for s in candidates if s.id == EMBEDDED_MODEL_ID]
     if embedded:
         return embedded[0]
-    return next((s for s in candidates if is_available_offline(s)), None)
+    offline = next((s for s in candidates if is_available_offline(s)), None)
+    if offline is not None or hub_offline_env():
+        return offline
+    return next((s for s in candidates if s.source == "hub"), None)

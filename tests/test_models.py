@@ -307,3 +307,30 @@ def test_hub_id_through_hand_built_cache_and_fast_failure(tmp_path, tiny, offlin
     assert "connect to the network" in message
     assert f"copy a checkpoint into {tmp_path / 'none'}/" in message
     assert out["fail_seconds"] < 2.0
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        # on a Space the curated hub model is preselected, decided without any request
+        (
+            {"SPACE_ID": "someone/segdemo", "HF_HUB_OFFLINE": ""},
+            "nvidia/segformer-b0-finetuned-ade-512-512",
+        ),
+        (
+            {"SEGDEMO_PREFER_HUB": "1", "HF_HUB_OFFLINE": ""},
+            "nvidia/segformer-b0-finetuned-ade-512-512",
+        ),
+        # HF_HUB_OFFLINE wins over SPACE_ID
+        ({"SPACE_ID": "someone/segdemo", "HF_HUB_OFFLINE": "1"}, "local/segdemo-camvid"),
+        # a local run with network access still starts on the embedded model
+        ({"HF_HUB_OFFLINE": ""}, "local/segdemo-camvid"),
+    ],
+)
+def test_default_model_never_probes_the_hub(checkpoints, monkeypatch, env, expected):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("SEGDEMO_PREFER_HUB", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(registry, "_probe", lambda: pytest.fail("default_model sent a request"))
+    assert registry.default_model(Task.SEMANTIC).id == expected
