@@ -1,14 +1,16 @@
 """Faults: training killed with SIGKILL at random points, and models that fail to load.
 
 Kill trials: ``python train/run.py`` (tiny SegFormer, tiny synthetic data, a resume state
-every step, an evaluation and possible export every other step) is killed when its
-``k``-th state appears plus a random fraction of a step (``k`` and the delay drawn from a
-seeded RNG per trial), so kills land in training, evaluation, export and state saving.
+every step, an evaluation and possible export every other step) is killed at a random
+point after its ``k``-th state (``k`` and the delay drawn from a seeded RNG per trial).
 After every kill the output folder must be usable: the exported model loads, no temp
 folder passes for a checkpoint, the newest complete state is what ``--resume`` picks up,
 and the resumed run finishes with a history that continues where the state left off.
 
-Trial 0 runs by default; more are marked ``slow`` (``SEGDEMO_KILL_TRIALS``, default 4).
+Two more trials kill at the first sign of a save in progress: while the best model is being
+exported (``save_checkpoint``'s temp folder exists) and while a resume state is being
+written (``state/step-N.tmp`` exists). The export trial runs by default; the others are
+marked ``slow`` (random trials: ``SEGDEMO_KILL_TRIALS``, default 4).
 With ``SEGDEMO_KILL_LOG=FILE`` each trial appends one JSON line saying where it was killed
 and what it left (docs/robustness.md counts them).
 """
@@ -88,16 +90,38 @@ def _latest_step(out: Path) -> int:
     return int(state.name.split("-")[1]) if state is not None else 0
 
 
-def _run_and_kill(command: list[str], out: Path, rng: random.Random) -> dict:
-    """Start ``command`` and SIGKILL it at a random point of the two steps after state ``k``.
+def _random_point(out: Path, rng: random.Random):
+    """A kill trigger: a random point of the two steps after state ``k``.
 
     The time of two steps (one with an evaluation, one without) is measured from state
     ``k-2`` to state ``k``; the kill comes a random fraction of that after state ``k``, so
     it lands in steps ``k+1``/``k+2`` however busy the machine is, each part (forward and
-    backward pass, evaluation, model export, state save) hit in proportion to its time.
+    backward pass, evaluation, export, state save) hit in proportion to its time.
     """
-    k = rng.randint(3, MAX_STEPS - 3)
-    fraction = rng.random()
+    k, fraction = rng.randint(3, MAX_STEPS - 3), rng.random()
+    marks: dict[str, float] = {}
+
+    def trigger() -> bool:
+        step, now = _latest_step(out), time.monotonic()
+        if step >= k - 2:
+            marks.setdefault("before", now)
+        if step >= k:
+            marks.setdefault("reached", now)
+            return now - marks["reached"] >= fraction * (marks["reached"] - marks["before"])
+        return False
+
+    return trigger, {"k": k, "fraction": round(fraction, 3)}
+
+
+def _window(out: Path, window: str):
+    """A kill trigger: the first moment a temp folder of ``window`` is seen (polled every ms)."""
+    pattern = {"export": (out.parent, f".{out.name}.tmp-*"), "state": (out / "state", "step-*.tmp")}
+    folder, glob = pattern[window]
+    return (lambda: any(folder.glob(glob))), {"window": window}
+
+
+def _run_and_kill(command: list[str], trigger) -> bool:
+    """Start ``command`` and SIGKILL it as soon as ``trigger()`` is true; False if it finished first."""
     process = subprocess.Popen(
         command,
         cwd=REPO,
@@ -107,18 +131,10 @@ def _run_and_kill(command: list[str], out: Path, rng: random.Random) -> dict:
         start_new_session=True,
     )
     deadline = time.monotonic() + 240
-    previous = None
     try:
-        while process.poll() is None:
+        while process.poll() is None and not trigger():
             assert time.monotonic() < deadline, "training did not reach the kill point"
-            step = _latest_step(out)
-            if step >= k - 2 and previous is None:
-                previous = time.monotonic()
-            if step >= k:
-                break
-            time.sleep(0.01)
-        delay = fraction * (time.monotonic() - (previous or time.monotonic()))
-        time.sleep(delay)
+            time.sleep(0.001)
         killed = process.poll() is None
         if killed:
             os.killpg(process.pid, signal.SIGKILL)
@@ -127,7 +143,7 @@ def _run_and_kill(command: list[str], out: Path, rng: random.Random) -> dict:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    return {"k": k, "fraction": round(fraction, 3), "delay": round(delay, 3), "killed": killed}
+    return killed
 
 
 def _check_output_is_usable(out: Path) -> None:
@@ -153,21 +169,31 @@ def _check_output_is_usable(out: Path) -> None:
         assert outputs.read_trainer_state(state)["step"] == _latest_step(out)
 
 
-def _trial_seeds() -> list:
-    return [
-        pytest.param(seed, marks=[pytest.mark.slow] if seed else [], id=f"seed{seed}")
+# one row per trial: where the kill lands. The export window (the model the app serves
+# being replaced) runs by default; the others are marked slow.
+TRIALS = [
+    pytest.param("export", id="export-window"),  # inside save_checkpoint of the best model
+    pytest.param("state", id="state-window", marks=pytest.mark.slow),  # inside save_state
+    *(
+        pytest.param(seed, id=f"random-{seed}", marks=pytest.mark.slow)
         for seed in range(KILL_TRIALS)
-    ]
+    ),
+]
 
 
-@pytest.mark.parametrize("seed", _trial_seeds())
-def test_killed_training_leaves_a_loadable_output_and_resumes(setup, tmp_path, seed):
+@pytest.mark.parametrize("trial", TRIALS)
+def test_killed_training_leaves_a_loadable_output_and_resumes(setup, tmp_path, trial):
     model, data = setup
     out = tmp_path / "run"
-    rng = random.Random(seed)
-    kill = _run_and_kill(_command(model, data, out), out, rng)
-    assert kill["killed"], f"the run finished before the kill point {kill}"
+    if isinstance(trial, int):
+        trigger, where = _random_point(out, random.Random(trial))
+    else:
+        trigger, where = _window(out, trial)
+    killed = _run_and_kill(_command(model, data, out), trigger)
+    assert killed, f"the run finished before the kill point {where}"
     left = _leftovers(out)
+    if not isinstance(trial, int):  # the kill did land inside the window
+        assert left["temp_checkpoint_folders" if trial == "export" else "temp_states"] > 0
     _check_output_is_usable(out)
 
     state = outputs.latest_state(out)
@@ -194,7 +220,7 @@ def test_killed_training_leaves_a_loadable_output_and_resumes(setup, tmp_path, s
     if os.environ.get("SEGDEMO_KILL_LOG"):
         with open(os.environ["SEGDEMO_KILL_LOG"], "a", encoding="utf-8") as log:
             log.write(
-                json.dumps({"seed": seed, **kill, **left, "resumed_from": resumed_from}) + "\n"
+                json.dumps({"trial": trial, **where, **left, "resumed_from": resumed_from}) + "\n"
             )
 
 
