@@ -111,11 +111,11 @@ def build_tiny_models(folder: Path) -> Path:
     return folder
 
 
-def _photo(path: Path) -> str:
+def _photo(path: Path, seed: int = 0) -> str:
     import numpy as np
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:384, 0:512]
     rgb = np.stack([x // 2, y // 2, (x + y) // 4], -1) + rng.integers(0, 30, (384, 512, 3))
     Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(path)
@@ -187,7 +187,7 @@ def _requests(n: int, semantic_models: list[str], universal: str) -> list[tuple[
 
 
 def fire(
-    url: str, photo: str, plan: list[tuple[str, tuple]], timeout: float, downloads: Path
+    url: str, photos: list[str], plan: list[tuple[str, tuple]], timeout: float, downloads: Path
 ) -> list[dict]:
     """Submit every request of ``plan`` at once, one client (user) each; one record per request.
 
@@ -205,6 +205,7 @@ def fire(
         api_name, args = plan[index]
         started = time.perf_counter()
         try:
+            photo = photos[index % len(photos)]
             job = clients[index].submit(handle_file(photo), *args, api_name=api_name)
             job.result(timeout=max(1.0, deadline - time.monotonic()))
             error = None
@@ -230,14 +231,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def phase(
-    name: str, checkpoints: Path, photo: str, plan, env: dict[str, str], timeout: float
+    name: str, checkpoints: Path, photos: list[str], plan, env: dict[str, str], timeout: float
 ) -> dict:
     with tempfile.TemporaryDirectory(prefix="segdemo-load-") as scratch:
         stats_path = Path(scratch) / "stats.json"
         process, url = _start_server(checkpoints, stats_path, env)
         try:
             started = time.perf_counter()
-            records = fire(url, photo, plan, timeout, Path(scratch))
+            records = fire(url, photos, plan, timeout, Path(scratch))
             wall = time.perf_counter() - started
             time.sleep(0.5)  # one more stats write after the last request
         finally:
@@ -277,18 +278,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--semantic-models", nargs="+", default=list(TINY_SEMANTIC))
     parser.add_argument("--universal-model", default=UNIVERSAL)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--same-photo",
+        action="store_true",
+        help="every request sends the same photo (default: one photo per request, as separate "
+        "users would); identical requests give identical outputs, which gradio caches under one name",
+    )
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve, args.stats)
         return 0
     with tempfile.TemporaryDirectory(prefix="segdemo-load-models-") as scratch:
         checkpoints = args.checkpoints or build_tiny_models(Path(scratch) / "checkpoints")
-        photo = _photo(Path(scratch) / "photo.png")
+        count = 1 if args.same_photo else max(args.requests, args.burst)
+        photos = [_photo(Path(scratch) / f"photo{i}.png", seed=i) for i in range(count)]
         plan = _requests(args.requests, args.semantic_models, args.universal_model)
         # 3 models in use, room for 2: the cache must evict and reload
-        load = phase("load", checkpoints, photo, plan, {"SEGDEMO_MODEL_CACHE": "2"}, args.timeout)
+        load = phase("load", checkpoints, photos, plan, {"SEGDEMO_MODEL_CACHE": "2"}, args.timeout)
         burst_plan = [("/semantic", (args.semantic_models[0], 0.5))] * args.burst
-        burst = phase("queue", checkpoints, photo, burst_plan, {}, args.timeout)
+        burst = phase("queue", checkpoints, photos, burst_plan, {}, args.timeout)
     results = [load, burst]
     for result in results:
         print(json.dumps(result, indent=1))
