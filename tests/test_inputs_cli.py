@@ -43,16 +43,22 @@ def checkpoints(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_model_cache():
+    # one load for the module: the cache staying warm across bad inputs is part of the test
+    models.clear_cache()
+    yield
+    models.clear_cache()
+
+
 @pytest.fixture()
 def env(tmp_path, monkeypatch, checkpoints):
     monkeypatch.setenv("SEGDEMO_CHECKPOINTS", str(checkpoints))
     monkeypatch.setenv("SEGDEMO_MAX_PIXELS", str(SMALL_MAX_PIXELS))
-    models.clear_cache()
     good = tmp_path / "in" / "good.png"
     good.parent.mkdir()
     Image.fromarray(gradient()).save(good)
-    yield tmp_path, good
-    models.clear_cache()
+    return tmp_path, good
 
 
 def _predict(paths, out: Path) -> int:
