@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--num-workers", type=int, default=0, help="0: data work counts in the CPU time")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
     p.add_argument("--side", choices=("ours", "guide"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -107,6 +108,7 @@ def run_guide(args: argparse.Namespace) -> dict:
             report_to="none",
             dataloader_num_workers=args.num_workers,
             use_cpu=True,
+            bf16=args.bf16,
             seed=0,
             disable_tqdm=True,
         )

@@ -148,7 +148,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_process_ddp_evaluation_equals_single_process_evaluation(shapes, tmp_path, monkeypatch):
     data_dir, tiny = shapes
     out = tmp_path / "checkpoints" / "ddp"
@@ -292,3 +291,9 @@ def test_dataset_errors_stop_before_training(shapes, tmp_path):
             ["--model", str(tiny), "--data-dir", str(broken), "--output-dir", str(tmp_path / "o")]
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_only_never_evaluates_a_new_head(shapes):
+    data_dir, tiny = shapes  # tiny predicts 2 classes, the dataset has 3
+    with pytest.raises(SystemExit, match="predicts 2 classes but the dataset has 3"):
+        run.main(["--model", str(tiny), "--data-dir", str(data_dir), "--eval-only"])

@@ -156,28 +156,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- model
 
 
+def resolve_model(name: str) -> Path:
+    """A checkpoint folder for ``name``: the folder itself, or a hub id's snapshot in the HF
+    cache (downloaded when online; ``HF_HUB_OFFLINE=1`` looks in the cache only)."""
+    from segdemo.checkpoint import hub_snapshot
+
+    folder = Path(name)
+    if folder.exists():
+        return folder
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
+    try:
+        return hub_snapshot(name, local_files_only=offline)
+    except Exception as err:  # huggingface_hub raises many types; all mean "not available"
+        raise SystemExit(
+            f"--model {name}: not a preset, a folder, or a reachable hub model ({type(err).__name__}); "
+            f"use a preset ({', '.join(presets.PRESETS)}) or a local checkpoint"
+        ) from None
+
+
+def load_eval_model(name: str, id2label: dict[int, str]):
+    """``(model, processor)`` of a finished checkpoint, loaded strictly (never a new head)."""
+    model, processor = load_checkpoint(resolve_model(name))
+    if model.config.num_labels != len(id2label):
+        raise SystemExit(
+            f"--model {name} predicts {model.config.num_labels} classes but the dataset has "
+            f"{len(id2label)}; evaluate it on the dataset it was trained for"
+        )
+    return model, processor
+
+
 def load_start_model(
     name: str, id2label: dict[int, str], image_size: tuple[int, int] | None, crop: tuple[int, int]
 ):
     """``(model, processor)`` to start from: a preset (random init), or a checkpoint folder or
-    hub id (resolved to a local snapshot; offline uses the HF cache only). A checkpoint with
-    other classes gets a new, randomly initialised head for ``id2label``."""
+    hub id (see :func:`resolve_model`). A checkpoint with other classes gets a new, randomly
+    initialised head for ``id2label``."""
     if name in presets.PRESETS:
         return presets.build_preset(name, id2label, image_size or crop)
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-    from segdemo.checkpoint import hub_snapshot
+    from segdemo.checkpoint import allow_pickle_from_env
 
-    folder = Path(name)
-    if not folder.exists():
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0")
-        try:
-            folder = hub_snapshot(name, local_files_only=offline)
-        except Exception as err:  # huggingface_hub raises many types; all mean "not available"
-            raise SystemExit(
-                f"--model {name}: not a preset, a folder, or a reachable hub model ({type(err).__name__}); "
-                f"use a preset ({', '.join(presets.PRESETS)}) or a local checkpoint"
-            ) from None
+    folder = resolve_model(name)
     same_labels = {
         int(k): v for k, v in (read_config(folder).get("id2label") or {}).items()
     } == id2label
@@ -191,6 +211,8 @@ def load_start_model(
             ignore_mismatched_sizes=True,
             local_files_only=True,
             trust_remote_code=False,  # unset, transformers offers to run a folder's custom code
+            # pickle weights can run code: only with the operator's SEGDEMO_ALLOW_PICKLE=1
+            use_safetensors=None if allow_pickle_from_env() else True,
         )
         try:
             processor = AutoImageProcessor.from_pretrained(
@@ -297,9 +319,12 @@ def main(argv: list[str] | None = None) -> dict:
     except data.DatasetError as err:
         raise SystemExit(f"dataset error: {err}") from None
 
-    model, processor = load_start_model(
-        args.model, splits.id2label, args.image_size, tuple(args.crop_size)
-    )
+    if args.eval_only:
+        model, processor = load_eval_model(args.model, splits.id2label)
+    else:
+        model, processor = load_start_model(
+            args.model, splits.id2label, args.image_size, tuple(args.crop_size)
+        )
     # transformers 5's SizeDict iterates as (key, value) pairs: dict() it before asking for keys
     size = dict(getattr(processor, "size", None) or {})
     fixed_size = {"height", "width"} <= set(size)
@@ -334,7 +359,13 @@ def main(argv: list[str] | None = None) -> dict:
         num_workers=args.num_workers,
         persistent_workers=args.num_workers > 0,
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        # one kernel for all parameters instead of ~10 small ops per tensor (Trainer's default too)
+        fused=accelerator.device.type in ("cpu", "cuda") or None,
+    )
     class_weights = (
         enet_class_weights(train_counts).to(accelerator.device)
         if args.class_weights == "enet"
