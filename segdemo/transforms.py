@@ -187,10 +187,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.reduce_labels = reduce_labels
         self.ignore_index = ignore_index
         self.normalize = Normalize.from_processor(processor)
-        self.base_size = base_size or (lambda h, w: processor_size(processor, h, w))
+        # a plain attribute, not a lambda: spawn-started DataLoader workers pickle the dataset
+        self.base_size = base_size
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def _processor_size(self, height: int, width: int) -> tuple[int, int]:
+        return processor_size(self.processor, height, width)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, raw = self.source[index]
@@ -205,7 +209,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         # numpy RNG seeded from torch's: DataLoader gives every worker its own torch seed,
         # and accelerate's set_seed makes the whole run reproducible
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-        pixels, crop = self.augment(image, labels, self.base_size(image.height, image.width), rng)
+        base = (self.base_size or self._processor_size)(image.height, image.width)
+        pixels, crop = self.augment(image, labels, base, rng)
         # pad after normalising: 0 is the mean colour, and padded labels are ignored.
         # numpy, not torch: torch ops here would wake its intra-op thread pool per sample
         crop_h, crop_w = self.augment.crop_size

@@ -331,3 +331,15 @@ class _ListSource(data.Source):
 
     def __getitem__(self, index):
         return self.items[index]
+
+
+def test_dataset_pickles_for_spawned_workers(folder):
+    """macOS/Windows DataLoader workers are spawned: the dataset travels by pickle."""
+    import pickle
+
+    splits = data.load_folder(folder)
+    dataset = transforms.SegmentationDataset(
+        splits.train, make_processor((48, 64)), augment=transforms.Augment((32, 32))
+    )
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy[0]["pixel_values"].shape == (3, 32, 32) and len(copy) == len(dataset)
