@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,15 +79,16 @@ def _open(source: str | os.PathLike | bytes, label: str) -> Image.Image:
         if path.stat().st_size == 0:
             raise ImageError(f"{label}: the file is empty (0 bytes); upload an image file (PNG, JPEG, WebP, ...)")
         stream = io.BytesIO(path.read_bytes())
+    # Pillow's own bomb guard reads the module-global MAX_IMAGE_PIXELS; changing it per call
+    # would race between the app's worker threads, so our (lower) limit is checked here, on
+    # the header, before any pixel is decoded. Pillow's guard stays as a backstop.
     limit = max_pixels()
-    old_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = limit
-            image = Image.open(stream)
-            image.load()  # decode now: a truncated file must fail here, not later in a worker
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        image = Image.open(stream)  # lazy: parses the header only
+        if image.width * image.height > limit:
+            raise Image.DecompressionBombError
+        image.load()  # decode now: a truncated file must fail here, not later in a worker
+    except Image.DecompressionBombError:
         raise ImageError(
             f"{label}: the image is too large (over {limit:,} pixels); resize it below that and try again"
         ) from None
@@ -96,8 +96,6 @@ def _open(source: str | os.PathLike | bytes, label: str) -> Image.Image:
         raise ImageError(f"{label}: not an image file Pillow can read; upload a PNG, JPEG, WebP, BMP or TIFF") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{label}: the image data is damaged or truncated ({err}); re-export or re-upload the file") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
     return image
 
 
