@@ -127,42 +127,32 @@ def semantic(image, model, opacity, progress=PROGRESS):
     return _run(Task.SEMANTIC, image, model, {"alpha": opacity}, progress)
 
 
-def instance(
-    image,
-    model,
-    threshold,
-    mask_threshold,
-    overlap_mask_area_threshold,
-    opacity,
-    progress=PROGRESS,
-):
-    """Instance segmentation: one scored mask per object."""
-    options = {
-        "threshold": threshold,
-        "mask_threshold": mask_threshold,
-        "overlap_mask_area_threshold": overlap_mask_area_threshold,
-        "alpha": opacity,
-    }
-    return _run(Task.INSTANCE, image, model, options, progress)
+def _mask_task(task: Task, doc: str):
+    """Handler of a mask-based task (instance or panoptic): same inputs, its own task."""
+
+    def run(
+        image,
+        model,
+        threshold,
+        mask_threshold,
+        overlap_mask_area_threshold,
+        opacity,
+        progress=PROGRESS,
+    ):
+        options = {
+            "threshold": threshold,
+            "mask_threshold": mask_threshold,
+            "overlap_mask_area_threshold": overlap_mask_area_threshold,
+            "alpha": opacity,
+        }
+        return _run(task, image, model, options, progress)
+
+    run.__name__, run.__doc__ = task.value, doc
+    return run
 
 
-def panoptic(
-    image,
-    model,
-    threshold,
-    mask_threshold,
-    overlap_mask_area_threshold,
-    opacity,
-    progress=PROGRESS,
-):
-    """Panoptic segmentation: stuff regions plus numbered things."""
-    options = {
-        "threshold": threshold,
-        "mask_threshold": mask_threshold,
-        "overlap_mask_area_threshold": overlap_mask_area_threshold,
-        "alpha": opacity,
-    }
-    return _run(Task.PANOPTIC, image, model, options, progress)
+instance = _mask_task(Task.INSTANCE, "Instance segmentation: one scored mask per object.")
+panoptic = _mask_task(Task.PANOPTIC, "Panoptic segmentation: stuff regions plus numbered things.")
 
 
 def compare(image, semantic_model, instance_model, panoptic_model, opacity, progress=PROGRESS):
