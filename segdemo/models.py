@@ -30,11 +30,13 @@ from segdemo.registry import (
     ALL_TASKS,
     ModelNotAllowedError,
     ModelSpec,
+    UnsupportedTaskError,  # noqa: F401  (re-exported: models.UnsupportedTaskError)
     cached_snapshot,
     checkpoints_dir,
     get_spec,
     hub_offline_env,
     hub_reachable,
+    require_task,
 )
 from segdemo.result import Task
 
@@ -54,10 +56,6 @@ DEFAULT_CACHE_SIZE = 2
 
 class ModelLoadError(ValueError):
     """A model that could not be loaded. ``str(err)`` is one line naming the model and the fix."""
-
-
-class UnsupportedTaskError(ValueError):
-    """A task the model cannot do; the message lists the tasks it supports."""
 
 
 @dataclass(frozen=True)
@@ -84,13 +82,7 @@ class LoadedModel:
 
     def check_task(self, task: Task | str) -> Task:
         """``task`` as a :class:`Task`; UnsupportedTaskError if this model cannot do it."""
-        task = Task.parse(task)
-        if task not in self.tasks:
-            supported = ", ".join(t.value for t in self.tasks)
-            raise UnsupportedTaskError(
-                f"{self.spec.id} cannot do {task.value} segmentation; it supports: {supported}"
-            )
-        return task
+        return require_task(self.spec.id, self.tasks, task)
 
 
 def cache_size() -> int:

@@ -325,6 +325,21 @@ def is_available_offline(spec: ModelSpec) -> bool:
     return cached_snapshot(spec.id) is not None
 
 
+class UnsupportedTaskError(ValueError):
+    """A task the model cannot do; the message lists the tasks it supports."""
+
+
+def require_task(model_name: str, tasks: tuple[Task, ...], task: Task | str) -> Task:
+    """``task`` as a :class:`Task`, or UnsupportedTaskError naming the tasks ``model_name`` can do."""
+    task = Task.parse(task)
+    if task not in tasks:
+        supported = ", ".join(t.value for t in tasks)
+        raise UnsupportedTaskError(
+            f"{model_name} cannot do {task.value} segmentation; it supports: {supported}"
+        )
+    return task
+
+
 def prefers_hub() -> bool:
     """Whether a UI should preselect curated hub models.
 

@@ -262,11 +262,7 @@ def _check_model(model_id: str | None, task: Task) -> registry.ModelSpec:
     if not model_id:
         raise RequestError(f"no model selected; pick a {task.value} model from the list")
     spec = registry.get_spec(model_id)
-    if task not in spec.tasks:
-        supported = ", ".join(t.value for t in spec.tasks)
-        raise UnsupportedTaskError(
-            f"{spec.title} does not do {task.value} segmentation (it does: {supported}); pick another model"
-        )
+    registry.require_task(spec.title, spec.tasks, task)
     return spec
 
 
