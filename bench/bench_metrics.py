@@ -8,8 +8,7 @@ blobs of 150 classes, 5% ignore 255) and predictions that agree with them on ~80
 of the pixels, with a few out-of-range ids. Predictions are timed twice: ``int64``
 (an argmax output) and ``uint8`` (read back from ``predict``'s PNGs). The numbers
 must be identical (asserted); the script prints CPU milliseconds per map and the
-ratio (target: >= 20x). Single-threaded on both sides (``torch.set_num_threads(1)``;
-ConfusionMatrix counts with ``torch.bincount``, the baseline with NumPy).
+ratio (target: >= 20x). Single-threaded on both sides (NumPy only; no torch threads).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -101,7 +99,6 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="best of N runs per side")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(1)  # CPU time of one core on both sides
 
     preds, refs = make_maps(args.maps, args.size, args.seed)
     print(

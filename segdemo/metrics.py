@@ -88,17 +88,17 @@ def _in_byte_range(x: Array) -> bool:
 
 
 def _byte_pair_histogram(p: Array, r: Array) -> Array:
-    """Flat 256*256 ``int64`` histogram of ``r * 256 + p`` for values in ``0..255``.
-
-    The keys are built as ``int32`` and counted by ``torch.bincount``, which
-    counts ``int32`` keys directly: half the memory traffic of NumPy's bincount,
-    which first widens every key to ``intp`` (about 2x faster per map here).
-    """
+    """Flat 256*256 ``int64`` histogram of ``r * 256 + p`` for values in ``0..255``."""
     if isinstance(r, np.ndarray):
-        key = r.astype(np.int32)
-        key <<= 8
-        key |= p if p.itemsize <= 2 else p.astype(np.int32)
-        return torch.bincount(torch.from_numpy(key), minlength=_BYTE * _BYTE).numpy()
+        if p.itemsize == 1:  # byte maps: a uint16 key is 1/4 of the memory traffic of intp
+            key = r.astype(np.uint16)
+            key <<= 8
+            key |= p.view(np.uint8)  # int8 and bool maps too (values checked to be 0..255)
+        else:  # wider predictions: one widening pass, straight into the dtype bincount counts in
+            key = r.astype(np.intp)
+            key *= _BYTE
+            key += p
+        return np.bincount(key, minlength=_BYTE * _BYTE)
     key = r.to(torch.int32, copy=True).mul_(_BYTE).add_(p)  # int32 first: uint8 would wrap
     return torch.bincount(key, minlength=_BYTE * _BYTE)
 

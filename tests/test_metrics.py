@@ -357,6 +357,22 @@ def test_byte_and_general_paths_agree():
     np.testing.assert_array_equal(small.counts, wide.counts)
 
 
+@pytest.mark.parametrize(
+    "dtype", [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64]
+)
+def test_every_integer_dtype_counts_the_same(dtype):
+    """Byte maps take a uint16 key, wider ones an intp key: same counts either way."""
+    limit = 2 if dtype == np.bool_ else 7
+    preds, refs = random_maps(11, 3, limit, ignore=limit - 1)  # every value fits every dtype
+    want = ConfusionMatrix(7)
+    got = ConfusionMatrix(7)
+    for p, r in zip(preds, refs, strict=True):
+        want.update(p.astype(np.int64), r.astype(np.int64))
+        got.update(p.astype(dtype), r.astype(dtype if dtype != np.bool_ else np.uint8))
+    assert want.counts.sum() > 0
+    np.testing.assert_array_equal(got.counts, want.counts)
+
+
 def test_empty_and_reset():
     cm = ConfusionMatrix(3)
     cm.update(np.zeros((0, 4), np.int64), np.zeros((0, 4), np.int64))
