@@ -48,22 +48,37 @@ def make_maps(count: int, size: int, seed: int) -> tuple[list[np.ndarray], list[
 
 
 def histogram_mean_iou(preds, refs, num_labels: int, ignore_index: int) -> dict:
-    """evaluate's ``mean_iou`` algorithm: per image, three np.histogram over the kept pixels."""
-    totals = np.zeros((3, num_labels))
-    for pred, ref in zip(preds, refs, strict=True):
-        pred, ref = np.array(pred), np.array(ref)
-        keep = ref != ignore_index
-        pred, ref = pred[keep], ref[keep]
-        for row, values in enumerate((pred[pred == ref], pred, ref)):
-            totals[row] += np.histogram(values, bins=num_labels, range=(0, num_labels - 1))[0]
-    intersect, area_pred, area_label = totals
+    """evaluate's ``mean_iou`` algorithm (metrics/mean_iou/mean_iou.py, ``intersect_and_union``
+    and ``total_intersect_and_union``, label_map/reduce_labels off), line for line: per image,
+    mask the ignored pixels, then three np.histogram (intersection, prediction, label)."""
+    total_area_intersect = np.zeros((num_labels,), dtype=np.float64)
+    total_area_union = np.zeros((num_labels,), dtype=np.float64)
+    total_area_pred_label = np.zeros((num_labels,), dtype=np.float64)
+    total_area_label = np.zeros((num_labels,), dtype=np.float64)
+    for pred_label, label in zip(preds, refs, strict=True):
+        pred_label = np.array(pred_label)
+        label = np.array(label)
+        mask = label != ignore_index
+        mask = np.not_equal(label, ignore_index)
+        pred_label = pred_label[mask]
+        label = np.array(label)[mask]
+        intersect = pred_label[pred_label == label]
+        hist = dict(bins=num_labels, range=(0, num_labels - 1))
+        area_intersect = np.histogram(intersect, **hist)[0]
+        area_pred_label = np.histogram(pred_label, **hist)[0]
+        area_label = np.histogram(label, **hist)[0]
+        area_union = area_pred_label + area_label - area_intersect
+        total_area_intersect += area_intersect
+        total_area_union += area_union
+        total_area_pred_label += area_pred_label
+        total_area_label += area_label
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = intersect / (area_pred + area_label - intersect)
-        acc = intersect / area_label
+        iou = total_area_intersect / total_area_union
+        acc = total_area_intersect / total_area_label
         return {
             "mean_iou": float(np.nanmean(iou)),
             "mean_accuracy": float(np.nanmean(acc)),
-            "overall_accuracy": float(intersect.sum() / area_label.sum()),
+            "overall_accuracy": float(total_area_intersect.sum() / total_area_label.sum()),
             "per_category_iou": iou,
             "per_category_accuracy": acc,
         }
