@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 # before gradio is imported: it reads this once, at import
@@ -336,8 +337,45 @@ def create_compare_tab() -> None:
         )
 
 
+def write_image_cache_atomically() -> None:
+    """Make gradio write output images to its cache by temp file + rename (idempotent).
+
+    gradio 6.31's ``processing_utils.save_pil_to_cache`` names an output image by the hash
+    of its bytes and rewrites that file in place (truncate, then write) even when it
+    exists, so when two requests produce the same image (the same example photo, twice)
+    the second rewrite can cut short the first client's download (docs/robustness.md).
+    This is the same function with the write made atomic: readers see the old file or the
+    new one, never a partial one. gr.Image, gr.AnnotatedImage (base image and every mask)
+    and gr.Gallery all call it through the module attribute replaced here.
+    """
+    from gradio import processing_utils
+
+    if getattr(processing_utils.save_pil_to_cache, "segdemo_atomic", False):
+        return
+
+    def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+        data = processing_utils.encode_pil_to_bytes(img, format)
+        folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+        folder.mkdir(exist_ok=True, parents=True)
+        target = (folder / f"{name}.{format}").resolve()
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            os.chmod(temp, 0o644)  # mkstemp's 0600 -> what write_bytes gives under umask 022
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        return str(target)
+
+    save_pil_to_cache.segdemo_atomic = True
+    processing_utils.save_pil_to_cache = save_pil_to_cache
+
+
 def create_app() -> gr.Blocks:
     """Build the UI (no model is loaded); local checkpoints are discovered now, once."""
+    write_image_cache_atomically()
     with gr.Blocks(title="segdemo: image segmentation") as demo:
         gr.Markdown(
             "# segdemo: image segmentation with transformers\n"
