@@ -376,6 +376,27 @@ def _hf_id2label(name_or_path: str, local: Path) -> dict[int, str]:
 # --------------------------------------------------------------------------- validation
 
 
+def check_label_range(labels: np.ndarray, raw: np.ndarray, num_labels: int, name: str) -> None:
+    """Refuse an annotation whose training ids are neither class ids nor ignored.
+
+    Args:
+        labels: ``HxW`` training ids from :func:`~segdemo.labels.to_train_ids`.
+        raw: the annotation's raw values (named in the message).
+        num_labels: class ids are ``0..num_labels-1``.
+        name: the file (or sample) the message names.
+
+    Raises:
+        DatasetError: naming the file, the first bad raw value and the flags that fix it.
+    """
+    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_labels))
+    if bad.any():
+        value = int(raw[bad][0])
+        raise DatasetError(
+            f"{name}: label value {value} is not a class id 0..{num_labels - 1} nor ignored; "
+            "fix id2label.json or pass --ignore-index / --reduce-labels"
+        )
+
+
 def validate(
     source: Source,
     num_labels: int,
@@ -413,13 +434,10 @@ def validate(
                 "annotations must have the image's size"
             )
         labels = to_train_ids(raw, reduce_labels=reduce_labels, ignore_index=ignore_index)
-        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_labels))
-        if bad.any():
-            value = int(raw[bad][0])
-            return DatasetError(
-                f"{name}: label value {value} is not a class id 0..{num_labels - 1} nor ignored; "
-                "fix id2label.json or pass --ignore-index / --reduce-labels"
-            )
+        try:
+            check_label_range(labels, raw, num_labels, name)
+        except DatasetError as err:
+            return err
         return np.bincount(labels[labels != IGNORE_INDEX].ravel(), minlength=num_labels)
 
     counts = np.zeros(num_labels, np.int64)

@@ -30,7 +30,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segdemo.data import VAL_SPLITS, DatasetError, find_pairs, read_annotation, read_id2label
+from segdemo.data import (
+    VAL_SPLITS,
+    DatasetError,
+    check_label_range,
+    find_pairs,
+    read_annotation,
+    read_id2label,
+)
 from segdemo.images import ImageError, load_image
 from segdemo.labels import IGNORE_INDEX, to_train_ids
 from segdemo.metrics import ConfusionMatrix, MetricInputError
@@ -76,7 +83,8 @@ def evaluate_folder(
         ``(confusion matrix, id2label, number of images)``.
 
     Raises:
-        DatasetError / EvaluateError: missing folders, files, or mismatched sizes.
+        DatasetError / EvaluateError: missing folders, files, mismatched sizes, or
+            annotation values that are neither class ids nor ignored.
     """
     root = Path(data_dir)
     if not root.is_dir():
@@ -89,6 +97,8 @@ def evaluate_folder(
     for pair in _progress(pairs, progress):
         raw = read_annotation(pair.annotation, name=str(pair.annotation))
         ref = to_train_ids(raw, reduce_labels=reduce_labels, ignore_index=ignore_index)
+        # as training does: a value that is no class is a labelling mistake, not "no class"
+        check_label_range(ref, raw, len(id2label), str(pair.annotation))
         image = _read_image(pair.image) if needs_image else None
         if image is not None and (image.height, image.width) != ref.shape:
             # the model would be scored on a picture its reference does not describe

@@ -234,7 +234,9 @@ def test_errors_are_one_line_and_nonzero(tmp_path, capsys, breakage, fragment):
     write_predictions(pred, write_dataset(data))
     moved = breakage(data, pred)  # a breakage may point --data-dir elsewhere
     data = moved if isinstance(moved, Path) else data
-    code = run_cli("--pred-dir", pred, "--data-dir", data, "--out", tmp_path / "m.json")
+    code = run_cli(
+        "--pred-dir", pred, "--data-dir", data, "--ignore-index", VOID, "--out", tmp_path / "m.json"
+    )
     err = capsys.readouterr().err
     assert code != 0
     assert fragment in err
@@ -273,8 +275,21 @@ def test_evaluate_folder_rejects_predictions_of_wrong_shape(tmp_path):
         evaluate_folder(
             tmp_path / "data",
             lambda name, image, size: np.zeros((3, 3), np.int64),
+            ignore_index=VOID,
             needs_image=False,
         )
+
+
+def test_annotation_values_that_are_no_class_are_refused(tmp_path, capsys):
+    """Like training's data.validate: void 9 without --ignore-index 9 is a labelling mistake."""
+    data, pred = tmp_path / "data", tmp_path / "pred"
+    write_predictions(pred, write_dataset(data))
+    code = run_cli("--pred-dir", pred, "--data-dir", data, "--out", tmp_path / "m.json")
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "annotations/img0.png: label value 9 is not a class id 0..3" in err
+    assert "--ignore-index" in err and err.count("\n") == 1
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_nan_never_written(tmp_path):

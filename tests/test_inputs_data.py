@@ -248,23 +248,7 @@ def evaluate_env(monkeypatch, tiny_model):
 
 # evaluate reads only the val split; empty val is "no pairs" in evaluate's words
 EVALUATE_WORDS = {"empty-split": "no images/annotations pairs"}
-EVALUATE_ROWS = [
-    pytest.param(
-        *row,
-        id=row[0],
-        marks=[
-            pytest.mark.xfail(
-                strict=True,
-                reason="evaluate scores reference values >= num_labels as 'no class' "
-                "(evaluate's mean_iou semantics; tests/test_evaluate.py relies on it) "
-                "instead of refusing them like training's data.validate",
-            )
-        ]
-        if row[0] == "label-out-of-range"
-        else [],
-    )
-    for row in DATASETS
-]
+EVALUATE_ROWS = [pytest.param(*row, id=row[0]) for row in DATASETS]
 
 
 @pytest.mark.parametrize("row, breaker, words", EVALUATE_ROWS)
