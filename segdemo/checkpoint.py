@@ -307,7 +307,7 @@ def load_checkpoint(
     """
     folder = Path(folder)
     kind = model_type(folder)
-    use_safetensors = _check_weights(folder, allow_pickle or allow_pickle_from_env())
+    use_safetensors = check_weights(folder, allow_pickle or allow_pickle_from_env())
     model = _load_model(folder, kind, use_safetensors)
     processor = _load_processor(folder, kind)
     model.to(device)
@@ -315,8 +315,13 @@ def load_checkpoint(
     return model, processor
 
 
-def _check_weights(folder: Path, allow_pickle: bool) -> bool:
-    """Validate the weight files; returns whether to load safetensors (else pickle)."""
+def check_weights(folder: Path, allow_pickle: bool) -> bool:
+    """Validate a folder's weight files; returns whether to load safetensors (else pickle).
+
+    Raises:
+        CheckpointError: no weights, corrupt safetensors, or pickle weights only while
+            ``allow_pickle`` is False.
+    """
     safetensors = [folder / n for n in SAFETENSORS_FILES if (folder / n).is_file()]
     if safetensors:
         for path in _safetensors_shards(folder, safetensors[0]):

@@ -297,3 +297,44 @@ def test_eval_only_never_evaluates_a_new_head(shapes):
     data_dir, tiny = shapes  # tiny predicts 2 classes, the dataset has 3
     with pytest.raises(SystemExit, match="predicts 2 classes but the dataset has 3"):
         run.main(["--model", str(tiny), "--data-dir", str(data_dir), "--eval-only"])
+
+
+def _pickled_copy(tiny: Path, folder: Path) -> Path:
+    """The tiny checkpoint with its weights as pytorch_model.bin only."""
+    import shutil
+
+    shutil.copytree(tiny, folder)
+    model, _ = load_checkpoint(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def test_fine_tuning_pickle_weights_needs_the_operator_opt_in(shapes, tmp_path, monkeypatch):
+    """A checkpoint with other classes is loaded through the same weights check as the app."""
+    data_dir, tiny = shapes
+    pickled = _pickled_copy(tiny, tmp_path / "pickled")
+    monkeypatch.delenv("SEGDEMO_ALLOW_PICKLE", raising=False)
+    argv = ["--model", str(pickled), "--data-dir", str(data_dir), "--max-steps", "1", *FAST]
+    with pytest.raises(SystemExit, match="only pickle weights .*SEGDEMO_ALLOW_PICKLE=1"):
+        run.main([*argv, "--output-dir", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
+    monkeypatch.setenv("SEGDEMO_ALLOW_PICKLE", "1")
+    model, _ = run.load_start_model(str(pickled), ID2LABEL, None, (96, 128))
+    assert model.config.num_labels == len(ID2LABEL)
+    # the backbone came from the pickle, not from a fresh init
+    want = load_checkpoint(tiny)[0].state_dict()
+    got = model.state_dict()
+    backbone = [k for k in want if k.startswith("segformer.")]
+    assert backbone and all(torch.equal(got[k], want[k]) for k in backbone)
+
+
+def test_a_broken_model_folder_is_one_line(shapes, tmp_path):
+    data_dir, tiny = shapes
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny, broken)
+    (broken / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(SystemExit, match=r"--model .*broken.*corrupt"):
+        run.main(["--model", str(broken), "--data-dir", str(data_dir), "--eval-only", *FAST])

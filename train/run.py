@@ -52,7 +52,12 @@ from accelerate.utils import set_seed  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from segdemo import data, presets, transforms  # noqa: E402
-from segdemo.checkpoint import load_checkpoint, read_config, save_checkpoint  # noqa: E402
+from segdemo.checkpoint import (  # noqa: E402
+    CheckpointError,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+)
 from segdemo.fast_decoder import use_fast_decoder  # noqa: E402
 from segdemo.labels import IGNORE_INDEX  # noqa: E402
 from segdemo.metrics import ConfusionMatrix  # noqa: E402
@@ -202,7 +207,7 @@ def load_start_model(
         return presets.build_preset(name, id2label, image_size or crop)
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-    from segdemo.checkpoint import allow_pickle_from_env
+    from segdemo.checkpoint import allow_pickle_from_env, check_weights
 
     folder = resolve_model(name)
     same_labels = {
@@ -219,7 +224,7 @@ def load_start_model(
             local_files_only=True,
             trust_remote_code=False,  # unset, transformers offers to run a folder's custom code
             # pickle weights can run code: only with the operator's SEGDEMO_ALLOW_PICKLE=1
-            use_safetensors=None if allow_pickle_from_env() else True,
+            use_safetensors=check_weights(folder, allow_pickle_from_env()),
         )
         try:
             processor = AutoImageProcessor.from_pretrained(
@@ -326,14 +331,17 @@ def main(argv: list[str] | None = None) -> dict:
     except data.DatasetError as err:
         raise SystemExit(f"dataset error: {err}") from None
 
-    if args.eval_only:
-        model, processor = load_eval_model(args.model, splits.id2label)
-    else:
-        model, processor = load_start_model(
-            args.model, splits.id2label, args.image_size, tuple(args.crop_size)
-        )
-        if not args.no_fast_decoder:
-            use_fast_decoder(model)  # same function and checkpoint, ~2x faster SegFormer steps
+    try:
+        if args.eval_only:
+            model, processor = load_eval_model(args.model, splits.id2label)
+        else:
+            model, processor = load_start_model(
+                args.model, splits.id2label, args.image_size, tuple(args.crop_size)
+            )
+    except CheckpointError as err:
+        raise SystemExit(f"--model {args.model}: {err}") from None
+    if not (args.eval_only or args.no_fast_decoder):
+        use_fast_decoder(model)  # same function and checkpoint, ~2x faster SegFormer steps
     # transformers 5's SizeDict iterates as (key, value) pairs: dict() it before asking for keys
     size = dict(getattr(processor, "size", None) or {})
     fixed_size = {"height", "width"} <= set(size)
