@@ -12,6 +12,7 @@ local checkpoints. Offline (``HF_HUB_OFFLINE`` set, or the hub does not answer w
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -32,13 +33,14 @@ from segdemo.registry import (
     ModelSpec,
     UnsupportedTaskError,  # noqa: F401  (re-exported: models.UnsupportedTaskError)
     cached_snapshot,
-    checkpoints_dir,
     get_spec,
     hub_offline_env,
     hub_reachable,
     require_task,
 )
 from segdemo.result import Task
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "LoadedModel",
@@ -185,7 +187,10 @@ def _load(spec: ModelSpec) -> LoadedModel:
     try:
         model, processor = load_checkpoint(folder, device=device)
     except CheckpointError as err:
-        raise ModelLoadError(f"{spec.id}: {err}") from None
+        # the full path goes to the server log; callers (maybe over the API) see the model id
+        logger.warning("%s could not be loaded: %s", spec.id, err)
+        detail = str(err).replace(f"{folder}: ", "").replace(str(folder), spec.id)
+        raise ModelLoadError(f"{spec.id}: {detail}") from None
     kind = model.config.model_type
     id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
     tasks = ALL_TASKS if is_universal(kind) else (Task.SEMANTIC,)
@@ -205,7 +210,8 @@ def _resolve_hub(repo_id: str) -> Path:
         )
         raise ModelLoadError(
             f"{repo_id} is not in the local Hugging Face cache and {why}: connect to the network and try "
-            f"again, or train or copy a checkpoint into {checkpoints_dir()}/ and pick it as local/<folder>"
+            "again, or train or copy a checkpoint into the checkpoints folder (SEGDEMO_CHECKPOINTS, "
+            "default checkpoints/) and pick it as local/<folder>"
         )
     allow_pickle = allow_pickle_from_env()
     try:

@@ -152,7 +152,7 @@ def discover_local(folder: str | os.PathLike | None = None) -> list[ModelSpec]:
 
     Hidden folders (``.NAME.tmp-*`` written by an interrupted save) and folders that
     are not checkpoints are skipped; a checkpoint with an unreadable or unsupported
-    config is skipped with a logged warning. Sorted by id.
+    config is skipped with a warning, logged once per process and message. Sorted by id.
     """
     root = Path(folder) if folder is not None else checkpoints_dir()
     if not root.is_dir():
@@ -164,8 +164,18 @@ def discover_local(folder: str | os.PathLike | None = None) -> list[ModelSpec]:
         try:
             specs.append(local_spec(path, LOCAL_PREFIX + path.name))
         except CheckpointError as err:
-            logger.warning("skipping checkpoint: %s", err)
+            _warn_once(f"skipping checkpoint: {err}")
     return specs
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log ``message`` the first time only: the folder is scanned on every request."""
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning("%s", message)
 
 
 def local_spec(path: str | os.PathLike, model_id: str | None = None) -> ModelSpec:

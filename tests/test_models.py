@@ -218,12 +218,26 @@ def test_concurrent_first_loads_load_once(checkpoints, monkeypatch):
     assert len(results) == 4 and all(r is results[0] for r in results)
 
 
+def test_a_broken_folder_is_skipped_with_one_warning_per_process(checkpoints, caplog):
+    broken = checkpoints / "broken"
+    shutil.copytree(checkpoints / "seg", broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps(config | {"model_type": "no-such-model"}))
+    with caplog.at_level("WARNING", logger="segdemo.registry"):
+        for _ in range(3):  # discovery runs on every request
+            ids = [spec.id for spec in registry.discover_local()]
+            assert "local/broken" not in ids and "local/seg" in ids
+    warnings = [r for r in caplog.records if "skipping checkpoint" in r.getMessage()]
+    assert len(warnings) == 1 and "broken" in warnings[0].getMessage()
+
+
 def test_failed_load_is_not_cached(checkpoints):
     weights = checkpoints / "seg" / "model.safetensors"
     saved = weights.read_bytes()
     weights.write_bytes(saved[:100])
-    with pytest.raises(ModelLoadError, match=r"^local/seg: .*corrupt or truncated"):
+    with pytest.raises(ModelLoadError, match=r"^local/seg: .*corrupt or truncated") as info:
         load_model("local/seg")
+    assert str(checkpoints) not in str(info.value)  # no server paths for API callers
     assert models.cached_model_ids() == []
     weights.write_bytes(saved)  # fixed: the next request loads it
     assert load_model("local/seg").model_type == "segformer"
@@ -305,7 +319,8 @@ def test_hub_id_through_hand_built_cache_and_fast_failure(tmp_path, tiny, offlin
     message = out["error"]
     assert missing_id in message
     assert "connect to the network" in message
-    assert f"copy a checkpoint into {tmp_path / 'none'}/" in message
+    assert "copy a checkpoint into the checkpoints folder (SEGDEMO_CHECKPOINTS" in message
+    assert str(tmp_path) not in message  # no server paths for API callers
     assert out["fail_seconds"] < 2.0
 
 
