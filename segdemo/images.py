@@ -35,7 +35,9 @@ def max_pixels() -> int:
     return int(os.environ.get("SEGDEMO_MAX_PIXELS", MAX_PIXELS))
 
 
-def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray, name: str | None = None) -> Image.Image:
+def load_image(
+    source: str | os.PathLike | bytes | Image.Image | np.ndarray, name: str | None = None
+) -> Image.Image:
     """Open ``source`` as an RGB image.
 
     Args:
@@ -64,20 +66,26 @@ def load_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray, nam
         image = ImageOps.exif_transpose(image)
         return to_rgb(image)
     except (OSError, SyntaxError, ValueError) as err:  # truncated data surfaces on decode
-        raise ImageError(f"{label}: the image data is damaged or truncated ({err}); re-export or re-upload the file") from None
+        raise ImageError(
+            f"{label}: the image data is damaged or truncated ({err}); re-export or re-upload the file"
+        ) from None
 
 
 def _open(source: str | os.PathLike | bytes, label: str) -> Image.Image:
     if isinstance(source, (bytes, bytearray)):
         if not source:
-            raise ImageError(f"{label}: the file is empty (0 bytes); upload an image file (PNG, JPEG, WebP, ...)")
+            raise ImageError(
+                f"{label}: the file is empty (0 bytes); upload an image file (PNG, JPEG, WebP, ...)"
+            )
         stream = io.BytesIO(source)
     else:
         path = Path(source)
         if not path.is_file():
             raise ImageError(f"{label}: no such file ({path})")
         if path.stat().st_size == 0:
-            raise ImageError(f"{label}: the file is empty (0 bytes); upload an image file (PNG, JPEG, WebP, ...)")
+            raise ImageError(
+                f"{label}: the file is empty (0 bytes); upload an image file (PNG, JPEG, WebP, ...)"
+            )
         stream = io.BytesIO(path.read_bytes())
     # Pillow's own bomb guard reads the module-global MAX_IMAGE_PIXELS; changing it per call
     # would race between the app's worker threads, so our (lower) limit is checked here, on
@@ -93,9 +101,13 @@ def _open(source: str | os.PathLike | bytes, label: str) -> Image.Image:
             f"{label}: the image is too large (over {limit:,} pixels); resize it below that and try again"
         ) from None
     except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image file Pillow can read; upload a PNG, JPEG, WebP, BMP or TIFF") from None
+        raise ImageError(
+            f"{label}: not an image file Pillow can read; upload a PNG, JPEG, WebP, BMP or TIFF"
+        ) from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"{label}: the image data is damaged or truncated ({err}); re-export or re-upload the file") from None
+        raise ImageError(
+            f"{label}: the image data is damaged or truncated ({err}); re-export or re-upload the file"
+        ) from None
     return image
 
 
@@ -104,7 +116,9 @@ def _check_size(image: Image.Image, label: str) -> None:
     if width < 1 or height < 1:
         raise ImageError(f"{label}: the image has no pixels ({width}x{height})")
     if width * height > max_pixels():
-        raise ImageError(f"{label}: the image is too large ({width}x{height}, over {max_pixels():,} pixels); resize it and try again")
+        raise ImageError(
+            f"{label}: the image is too large ({width}x{height}, over {max_pixels():,} pixels); resize it and try again"
+        )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise ImageError(
             f"{label}: the image is too elongated ({width}x{height}, more than {MAX_ASPECT_RATIO}:1); crop it to a less extreme shape"

@@ -91,9 +91,7 @@ class SegmentationResult:
         }
 
 
-def segments_from_label_map(
-    label_map: np.ndarray, id2label: dict[int, str]
-) -> list[Segment]:
+def segments_from_label_map(label_map: np.ndarray, id2label: dict[int, str]) -> list[Segment]:
     """Semantic segments (one per class present) with areas and boxes.
 
     Args:
