@@ -53,8 +53,9 @@ Array = np.ndarray | torch.Tensor
 def _as_integer_array(x: Array, what: str) -> Array:
     """Integer NumPy array (for anything on the CPU) or integer tensor (on an accelerator).
 
-    CPU tensors become NumPy views, so the cheap NumPy range check and key
-    building apply to them too.
+    CPU tensors become NumPy views: NumPy's bincount runs on the calling thread,
+    while torch's wakes its thread pool for every map, which stalled for
+    milliseconds per map on a loaded machine (docs/benchmarks.md, Metrics).
     """
     if isinstance(x, torch.Tensor):
         if x.device.type != "cpu":
