@@ -188,7 +188,7 @@ def _load(spec: ModelSpec) -> LoadedModel:
         model, processor = load_checkpoint(folder, device=device)
     except CheckpointError as err:
         # the full path goes to the server log; callers (maybe over the API) see the model id
-        logger.warning("%s could not be loaded: %s", spec.id, err)
+        logger.info("%s could not be loaded: %s", spec.id, err)
         detail = str(err).replace(f"{folder}: ", "").replace(str(folder), spec.id)
         raise ModelLoadError(f"{spec.id}: {detail}") from None
     kind = model.config.model_type
