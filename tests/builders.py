@@ -124,18 +124,28 @@ def _segformer_processor(image_size: int):
     return SegformerImageProcessorPil(size={"height": image_size, "width": image_size})
 
 
-def _segformer(id2label, image_size, out):
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+def tiny_segformer_config(id2label: dict[int, str], **overrides):
+    """The tiny 4-stage SegFormer config (hidden 8/16/24/32, decoder 16) the tests use."""
+    from transformers import SegformerConfig
 
-    config = SegformerConfig(
-        num_encoder_blocks=4,
-        depths=[1, 1, 1, 1],
-        sr_ratios=[8, 4, 2, 1],
-        hidden_sizes=[8, 16, 24, 32],
-        num_attention_heads=[1, 1, 2, 2],
-        decoder_hidden_size=16,
-        **_label_kwargs(id2label),
+    return SegformerConfig(
+        **{
+            "num_encoder_blocks": 4,
+            "depths": [1, 1, 1, 1],
+            "sr_ratios": [8, 4, 2, 1],
+            "hidden_sizes": [8, 16, 24, 32],
+            "num_attention_heads": [1, 1, 2, 2],
+            "decoder_hidden_size": 16,
+            **_label_kwargs(id2label),
+            **overrides,
+        }
     )
+
+
+def _segformer(id2label, image_size, out):
+    from transformers import SegformerForSemanticSegmentation
+
+    config = tiny_segformer_config(id2label)
     return SegformerForSemanticSegmentation(config), _segformer_processor(image_size)
 
 

@@ -11,7 +11,8 @@ import copy
 
 import pytest
 import torch
-from transformers import SegformerConfig, SegformerForSemanticSegmentation
+from builders import tiny_segformer_config
+from transformers import SegformerForSemanticSegmentation
 
 from segdemo import fast_decoder, presets
 from segdemo.fast_decoder import use_fast_decoder
@@ -19,22 +20,14 @@ from segdemo.fast_decoder import use_fast_decoder
 ID2LABEL = {i: f"class{i}" for i in range(5)}
 
 
-def tiny_segformer(**overrides) -> SegformerForSemanticSegmentation:
-    config = dict(
-        num_encoder_blocks=4,
-        depths=[1, 1, 1, 1],
-        sr_ratios=[8, 4, 2, 1],
-        hidden_sizes=[8, 16, 24, 32],
-        num_attention_heads=[1, 1, 2, 2],
-        decoder_hidden_size=16,
+def tiny_segformer() -> SegformerForSemanticSegmentation:
+    config = tiny_segformer_config(
+        ID2LABEL,
         classifier_dropout_prob=0.0,  # dropout draws differ between two forwards
         drop_path_rate=0.0,
-        id2label=ID2LABEL,
-        label2id={v: k for k, v in ID2LABEL.items()},
     )
-    config.update(overrides)
     torch.manual_seed(0)
-    model = SegformerForSemanticSegmentation(SegformerConfig(**config))
+    model = SegformerForSemanticSegmentation(config)
     # random BN statistics and biases, so that a dropped term would show
     with torch.no_grad():
         for module in model.modules():
