@@ -65,6 +65,16 @@ def build_tiny(
     return out
 
 
+def keep_only_pickle_weights(folder: str | os.PathLike) -> Path:
+    """Rewrite a saved checkpoint's weights as ``pytorch_model.bin`` only (the pickle format)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
 def make_hf_cache(cache_dir: str | os.PathLike, repo_id: str, model_dir: str | os.PathLike) -> Path:
     """Lay out ``model_dir``'s files as huggingface_hub's cache entry for ``repo_id``.
 

@@ -14,7 +14,7 @@ import torch
 
 from segdemo.checkpoint import CheckpointError, is_checkpoint, load_checkpoint, save_checkpoint
 from segdemo.registry import discover_local
-from tests.builders import build_tiny
+from tests.builders import build_tiny, keep_only_pickle_weights
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +130,6 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def _pickle_only(folder: Path) -> None:
-    model = load_checkpoint(folder)[0]
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    (folder / "model.safetensors").unlink()
-
-
 # one row per broken folder: how to break it, and words the message must contain
 BROKEN = [
     ("missing config", lambda f: (f / "config.json").unlink(), "config.json is missing"),
@@ -163,7 +157,7 @@ BROKEN = [
         lambda f: (f / "preprocessor_config.json").unlink(),
         "preprocessor_config.json is missing",
     ),
-    ("pickle weights only", _pickle_only, "SEGDEMO_ALLOW_PICKLE=1"),
+    ("pickle weights only", keep_only_pickle_weights, "SEGDEMO_ALLOW_PICKLE=1"),
 ]
 
 
@@ -186,7 +180,7 @@ def test_not_a_folder(tmp_path):
 @pytest.mark.parametrize("how", ["argument", "environment"])
 def test_pickle_weights_load_only_when_allowed(tiny, tmp_path, monkeypatch, how):
     folder = _copy(tiny["segformer"], tmp_path / "pickled")
-    _pickle_only(folder)
+    keep_only_pickle_weights(folder)
     if how == "environment":
         monkeypatch.setenv("SEGDEMO_ALLOW_PICKLE", "1")
         model, _ = load_checkpoint(folder)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import build_tiny
+from builders import build_tiny, keep_only_pickle_weights
 from synthetic import ID2LABEL, write_folder
 
 from segdemo import presets
@@ -299,21 +300,12 @@ def test_eval_only_never_evaluates_a_new_head(shapes):
         run.main(["--model", str(tiny), "--data-dir", str(data_dir), "--eval-only"])
 
 
-def _pickled_copy(tiny: Path, folder: Path) -> Path:
-    """The tiny checkpoint with its weights as pytorch_model.bin only."""
-    import shutil
-
-    shutil.copytree(tiny, folder)
-    model, _ = load_checkpoint(folder)
-    torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    (folder / "model.safetensors").unlink()
-    return folder
-
-
 def test_fine_tuning_pickle_weights_needs_the_operator_opt_in(shapes, tmp_path, monkeypatch):
     """A checkpoint with other classes is loaded through the same weights check as the app."""
     data_dir, tiny = shapes
-    pickled = _pickled_copy(tiny, tmp_path / "pickled")
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny, pickled)
+    keep_only_pickle_weights(pickled)
     monkeypatch.delenv("SEGDEMO_ALLOW_PICKLE", raising=False)
     argv = ["--model", str(pickled), "--data-dir", str(data_dir), "--max-steps", "1", *FAST]
     with pytest.raises(SystemExit, match="only pickle weights .*SEGDEMO_ALLOW_PICKLE=1"):
@@ -331,8 +323,6 @@ def test_fine_tuning_pickle_weights_needs_the_operator_opt_in(shapes, tmp_path, 
 
 def test_a_broken_model_folder_is_one_line(shapes, tmp_path):
     data_dir, tiny = shapes
-    import shutil
-
     broken = tmp_path / "broken"
     shutil.copytree(tiny, broken)
     (broken / "model.safetensors").write_bytes(b"\xff" * 64)
