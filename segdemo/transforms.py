@@ -71,6 +71,8 @@ def processor_size(processor: Any, height: int, width: int) -> tuple[int, int]:
         return int(size["height"]), int(size["width"])
     if "shortest_edge" in size:
         factor = size["shortest_edge"] / min(height, width)
+        if size.get("longest_edge"):  # Mask2Former/OneFormer: {"shortest_edge", "longest_edge"}
+            factor = min(factor, size["longest_edge"] / max(height, width))
         return max(1, round(height * factor)), max(1, round(width * factor))
     raise DatasetError(
         f"image processor size {size} is not supported; use one with height/width or shortest_edge"
@@ -102,7 +104,10 @@ class Augment:
         base: tuple[int, int],
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Returns ``(hxwx3 uint8 crop, hxw int64 labels)``, ``h, w <= crop_size`` (pad afterwards)."""
+        """Returns ``(hxwx3 uint8 crop, hxw int64 labels)``, ``h, w <= crop_size`` (pad afterwards).
+
+        ``labels`` may be ``HxW`` or ``KxHxW`` (then ``Kxhxw`` comes back).
+        """
         crop_h, crop_w = self.crop_size
         scale = rng.uniform(*self.scale_range)
         scaled_h, scaled_w = max(1, round(base[0] * scale)), max(1, round(base[1] * scale))
@@ -113,13 +118,23 @@ class Augment:
         fy, fx = image.height / scaled_h, image.width / scaled_w
         box = (left * fx, top * fy, (left + out_w) * fx, (top + out_h) * fy)
         crop = image.resize((out_w, out_h), Image.BILINEAR, box=box)
-        label_image = Image.fromarray(labels.astype(np.int32))
-        cropped = np.asarray(label_image.resize((out_w, out_h), Image.NEAREST, box=box)).astype(
-            np.int64
-        )
+        # labels may also be a KxHxW stack (segdemo.universal_transforms packs instance masks
+        # into int32 planes): every plane gets the same nearest-neighbour geometry
+        planes = labels if labels.ndim == 3 else labels[None]
+        cropped = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(plane.astype(np.int32)).resize(
+                        (out_w, out_h), Image.NEAREST, box=box
+                    )
+                )
+                for plane in planes
+            ]
+        ).astype(np.int64)
+        cropped = cropped if labels.ndim == 3 else cropped[0]
         pixels = np.asarray(color_jitter(crop, *self.jitter, rng=rng))
         if rng.random() < self.flip:
-            pixels, cropped = pixels[:, ::-1], cropped[:, ::-1]
+            pixels, cropped = pixels[:, ::-1], cropped[..., ::-1]
         return pixels, np.ascontiguousarray(cropped)
 
 
