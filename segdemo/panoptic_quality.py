@@ -16,11 +16,12 @@ The rules are those of panopticapi's ``pq_compute_single_core`` (Kirillov et al.
   lie on void plus the crowd segments of its own class;
 - a class with no TP, FP or FN is left out of every mean (overall, things, stuff).
 
-Where this module goes beyond panopticapi (which assumes COCO's files): segments
-listed in the dicts but absent from the map have no pixels and are ignored (a crop can
-remove one; panopticapi raises for predictions); several crowd segments of one class
-in one image all absorb (COCO panoptic merges them into one, panopticapi keeps the
-last listed).
+Where this module goes beyond panopticapi (which assumes COCO's files): a predicted
+segment listed but absent from the map predicts nothing and is ignored (panopticapi
+raises); a listed ground-truth segment without pixels is a false negative, as in
+panopticapi (which takes its area from the JSON) and in COCOeval; several crowd
+segments of one class in one image all absorb (COCO panoptic merges them into one,
+panopticapi keeps the last listed).
 
 torchmetrics' ``PanopticQuality`` differs in three ways: it has no crowd; it also
 removes from the union the ground truth's pixels that the prediction leaves void,
@@ -56,7 +57,8 @@ def panoptic_counts(
         pred_segments: ``{segment_id: class_id}`` for every non-zero id in ``pred_map``;
             class ids in ``[0, num_classes)``.
         gt_map: HxW non-negative integer segment ids (e.g. ``R + 256 G + 256² B``), 0 = void.
-        gt_segments: ``{segment_id: (class_id, iscrowd)}`` for every non-zero id in ``gt_map``.
+        gt_segments: ``{segment_id: (class_id, iscrowd)}`` for every non-zero id in ``gt_map``
+            (a listed segment without pixels counts as missed).
         num_classes: number of model classes (rows of the result).
 
     Returns:
@@ -122,6 +124,10 @@ def panoptic_counts(
     gt_unmatched = gt_real & ~gt_crowd
     gt_unmatched[g] = False
     counts[:, FN] = np.bincount(gt_class[gt_unmatched], minlength=num_classes)
+    for seg_id in set(gt_segments) - set(gt_ids.tolist()) - {0}:  # listed, no pixels: missed
+        class_id, iscrowd = gt_segments[seg_id]
+        if not iscrowd:
+            counts[_check_class(class_id, num_classes, f"ground-truth segment {seg_id}"), FN] += 1
 
     pred_unmatched = pred_real.copy()
     pred_unmatched[p] = False

@@ -143,10 +143,14 @@ def test_a_crowd_segment_is_never_matched():
     assert counts.sum() == 0  # no TP, the crowd is no FN, the prediction lies wholly on crowd
 
 
-def test_listed_segments_without_pixels_are_ignored():
+def test_listed_segments_without_pixels():
+    # a listed prediction without pixels predicts nothing; a listed ground truth without
+    # pixels is missed (panopticapi counts every segment of segments_info), unless crowd
     gt = np.full((3, 3), 1, dtype=np.int32)
-    counts = panoptic_counts(gt, {1: 0, 2: 3}, gt, {1: (0, False), 5: (3, False)}, C)
-    assert counts[:, TP].sum() == 1 and counts[:, [FP, FN]].sum() == 0
+    gt_segments = {1: (0, False), 5: (3, False), 6: (4, True)}
+    counts = panoptic_counts(gt, {1: 0, 2: 3}, gt, gt_segments, C)
+    assert counts[:, TP].sum() == 1 and counts[:, FP].sum() == 0
+    assert counts[:, FN].tolist() == [0, 0, 0, 1, 0]
 
 
 def test_things_and_stuff_means_and_absent_classes():
@@ -201,7 +205,7 @@ def test_bad_input_is_one_line(pred, pred_segments, gt, gt_segments, message):
 # --------------------------------------------------------------------------- random sets
 
 
-def _random_image(rng, *, crowd: bool, cover: bool, shape=(24, 32)):
+def _random_image(rng, *, crowd: bool, cover: bool, keep_hidden: bool = False, shape=(24, 32)):
     """One random (pred_map, pred_segments, gt_map, gt_segments).
 
     gt: one segment per stuff class (vertical bands), 1-4 thing boxes, a void box, and
@@ -268,8 +272,9 @@ def _random_image(rng, *, crowd: bool, cover: bool, shape=(24, 32)):
         pred[gt == 0] = np.where(rng.random() < 0.5, 0, pred[gt == 0])
     present = set(np.unique(pred).tolist())
     pred_segments = {k: v for k, v in pred_segments.items() if k in present}
-    gt_present = set(np.unique(gt).tolist())
-    gt_segments = {k: v for k, v in gt_segments.items() if k in gt_present}
+    if not keep_hidden:  # boxes painted over entirely stay listed only for panopticapi
+        gt_present = set(np.unique(gt).tolist())
+        gt_segments = {k: v for k, v in gt_segments.items() if k in gt_present}
     return pred, pred_segments, gt, gt_segments
 
 
@@ -340,7 +345,7 @@ def test_parity_with_panopticapi(seed, tmp_path, capsys):
         "panopticapi.evaluation", reason="pip install --no-deps panopticapi-lite==0.2.0"
     )
     rng = np.random.default_rng(100 + seed)
-    images = [_random_image(rng, crowd=True, cover=False) for _ in range(5)]
+    images = [_random_image(rng, crowd=True, cover=False, keep_hidden=True) for _ in range(5)]
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred").mkdir()
     categories = {c: {"id": c, "name": n, "isthing": int(c in THINGS)} for c, n in ID2LABEL.items()}
