@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 import torch
 from builders import build_tiny, keep_only_pickle_weights
+from safetensors.torch import load_file
 from synthetic import ID2LABEL, write_folder
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from segdemo import presets
 from segdemo.checkpoint import load_checkpoint
@@ -128,7 +130,15 @@ def test_a_killed_run_resumes_and_finishes_with_the_same_total_steps(shapes, tmp
     state = outputs.read_trainer_state(outputs.latest_state(out))
     assert (state["step"], state["epoch"], state["batches_done"]) == (4, 1, 1)
 
-    result = run.main(args)  # the same command again resumes by default
+    saved = load_file(outputs.latest_state(out) / "model.safetensors")  # the weights at step 4
+    first_step = []  # what the optimizer holds when the resumed run takes its first step
+    hook = register_optimizer_step_pre_hook(
+        lambda optimizer, *_: first_step.append(_optimizer_snapshot(optimizer)) or None
+    )
+    try:
+        result = run.main(args)  # the same command again resumes by default
+    finally:
+        hook.remove()
     assert "at step 4 (epoch 1)" in capsys.readouterr().out
     assert result["step"] == 10
     assert [r["step"] for r in result["history"]["train"]] == list(range(1, 11))  # each step once
@@ -139,8 +149,68 @@ def test_a_killed_run_resumes_and_finishes_with_the_same_total_steps(shapes, tmp
     assert outputs.read_trainer_state(out / "state" / "step-10")["step"] == 10
     load_checkpoint(out)
 
+    # what resuming promises, beyond the step count:
+    # the weights the resumed run starts from are the saved ones (not the starting model's) ...
+    assert first_step, "the resumed run took no optimizer step"
+    names = [name for name, _ in load_checkpoint(out)[0].named_parameters()]
+    params, steps = first_step[0]
+    assert len(params) == len(names)
+    changed = [n for n, v in zip(names, params, strict=True) if not torch.equal(v, saved[n])]
+    assert not changed, f"{len(changed)} of {len(names)} parameters are not the saved ones"
+    # ... and so is the optimizer: AdamW's moments and step count continue from step 4
+    assert steps == {4.0}
+    state = torch.load(out / "state" / "step-10" / "optimizer.bin", weights_only=True)
+    assert {float(s["step"]) for s in state["state"].values()} == {10.0}
+    # the learning-rate schedule continues across the kill (poly, power 1, no warm-up)
+    lrs = [r["lr"] for r in result["history"]["train"]]
+    assert lrs == pytest.approx([3e-3 * (1 - s / 10) for s in range(1, 11)], abs=1e-12)
+
     # nothing left to do: running it again changes nothing
     assert run.main(args)["step"] == 10
+
+
+def _optimizer_snapshot(optimizer) -> tuple[list[torch.Tensor], set[float]]:
+    """(copies of the parameters, the set of AdamW step counts) of ``optimizer`` right now."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    steps = {
+        float(optimizer.state[p]["step"]) if "step" in optimizer.state[p] else 0.0 for p in params
+    }
+    return [p.detach().clone() for p in params], steps
+
+
+def test_a_run_resumed_at_an_epoch_boundary_ends_where_an_uninterrupted_run_ends(
+    shapes, tmp_path, capsys
+):
+    """Resuming restores model, optimizer, scheduler and RNGs: from a state saved at an epoch
+    boundary the resumed run replays the uninterrupted run's last steps to float rounding.
+
+    (From a state saved mid-epoch the augmentation draws differ, as docs/training.md says:
+    accelerate's DataLoader has already fetched the next batch when the state is saved.)
+    """
+    data_dir, tiny = shapes
+    # 14 images, batch 4, drop_last: 3 steps per epoch; a state at every epoch's end
+    args = [*FAST, "--model", str(tiny), "--data-dir", str(data_dir), "--max-steps", "10"]
+    args += ["--save-every", "3", "--save-total-limit", "10", "--eval-every", "100"]
+    args += ["--log-every", "1", "--batch-size", "4", "--lr", "3e-3"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    uninterrupted = run.main([*args, "--output-dir", str(whole)])
+    # the same run as a kill after step 5 leaves it: the newest state is step 3
+    shutil.copytree(whole / "state" / "step-3", cut / "state" / "step-3")
+    capsys.readouterr()
+    resumed = run.main([*args, "--output-dir", str(cut)])
+    assert "at step 3 (epoch 1)" in capsys.readouterr().out
+
+    def losses(result):
+        return [r["loss"] for r in result["history"]["train"]]
+
+    assert [r["step"] for r in resumed["history"]["train"]] == list(range(1, 11))
+    assert losses(resumed) == pytest.approx(losses(uninterrupted), rel=1e-5)
+    for name in ("state/step-10/model.safetensors", "model.safetensors"):
+        want, got = load_file(whole / name), load_file(cut / name)
+        assert want.keys() == got.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert resumed["best"] == pytest.approx(uninterrupted["best"])
 
 
 def _free_port() -> int:
