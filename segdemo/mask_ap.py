@@ -42,7 +42,7 @@ def masks_from_label_map(label_map: np.ndarray, segment_ids: Sequence[int]) -> n
 
 
 def image_record(
-    image_id: int,
+    image_id: int | str,
     gt_masks: np.ndarray,
     gt_class_ids: Sequence[int] | np.ndarray,
     gt_iscrowd: Sequence[bool] | np.ndarray,
@@ -53,7 +53,8 @@ def image_record(
     """One image's ground truth and detections, RLE-encoded.
 
     Args:
-        image_id: unique per evaluated image (duplicates are taken for gather padding).
+        image_id: a key unique per evaluated image (an int or a file name); records
+            sharing one are taken for gather padding.
         gt_masks: ``(N, H, W)`` bool (or 0/1) ground-truth instance masks.
         gt_class_ids: ``(N,)`` class ids (the keys of ``id2label`` given to :func:`mask_ap`).
         gt_iscrowd: ``(N,)`` crowd flags.
@@ -80,7 +81,7 @@ def image_record(
     gt_rles, dt_rles = _encode(gt), _encode(dt)
     gt_areas = gt.reshape(len(gt), -1).sum(axis=1)
     return {
-        "image_id": int(image_id),
+        "image_id": image_id if isinstance(image_id, str) else int(image_id),
         "height": int(height),
         "width": int(width),
         "gt": [
@@ -140,19 +141,20 @@ def mask_ap(records: Sequence[dict], id2label: Mapping[int, str]) -> dict:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    unique: dict[int, dict] = {}
+    unique: dict[int | str, dict] = {}
     for record in records:
-        unique.setdefault(int(record["image_id"]), record)
+        unique.setdefault(record["image_id"], record)
     categories = [{"id": int(c), "name": str(n)} for c, n in sorted(id2label.items())]
     known = {c["id"] for c in categories}
     images, gt_anns, dt_anns = [], [], []
-    for image_id, record in unique.items():
+    # COCO image ids 1..N, whatever the records' keys
+    for image_id, (key, record) in enumerate(unique.items(), start=1):
         images.append({"id": image_id, "height": record["height"], "width": record["width"]})
         for kind, out in (("gt", gt_anns), ("dt", dt_anns)):
             for ann in record[kind]:
                 if ann["category_id"] not in known:
                     raise ValueError(
-                        f"image {image_id}: {'ground-truth' if kind == 'gt' else 'predicted'} class "
+                        f"image {key}: {'ground-truth' if kind == 'gt' else 'predicted'} class "
                         f"{ann['category_id']} is not in id2label ({len(known)} classes); "
                         "use the model's class ids"
                     )
@@ -170,7 +172,7 @@ def mask_ap(records: Sequence[dict], id2label: Mapping[int, str]) -> dict:
             coco_dt.dataset = {"images": images, "annotations": [], "categories": categories}
             coco_dt.createIndex()
         evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
-        evaluator.params.imgIds = sorted(unique)
+        evaluator.params.imgIds = [image["id"] for image in images]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

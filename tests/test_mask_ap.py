@@ -126,6 +126,16 @@ def test_gather_padding_duplicates_are_dropped():
     assert once["ap"] == pytest.approx(51 / 101)  # counted twice, the miss would give 1/3 recall
 
 
+def test_image_keys_may_be_file_names():
+    records = [
+        _record("b.png", [(A, 0, False)], [(A, 0, 0.9)]),
+        _record("a.png", [(B, 0, False)], []),
+    ]
+    report = mask_ap([*records, records[0]], ID2LABEL)
+    assert report["ap"] == pytest.approx(51 / 101)
+    assert (report["num_images"], report["num_duplicates"]) == (2, 1)
+
+
 def test_records_are_small_and_picklable():
     masks = np.stack([_box(0, 0, 200, 300, (480, 640)), _box(100, 100, 50, 50, (480, 640))])
     record = image_record(5, masks, [0, 1], [0, 0], masks, [0, 1], np.array([0.9, 0.8]))
