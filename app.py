@@ -172,6 +172,7 @@ def compare(image, semantic_model, instance_model, panoptic_model, opacity, prog
             service.new_request_dir(),
             _adapt(progress),
             name=name,
+            recommended_thresholds=True,  # no sliders here: each model's recommendation
         )
     except service.USER_ERRORS as err:
         raise gr.Error(html.escape(str(err)), print_exception=False) from None
@@ -209,21 +210,30 @@ def _no_model_note(task: Task) -> None:
         gr.Markdown(f"**Note:** {html.escape(service.no_model_message(task))}")
 
 
-def _threshold_sliders(task: Task) -> list[gr.Slider]:
-    defaults = service.Options()
-    threshold = gr.Slider(
-        0,
-        1,
-        defaults.threshold,
-        step=0.05,
-        label="Score threshold",
-        elem_id=f"{task.value}-threshold",
+RECOMMENDED_NOTE = "*Thresholds recommended by the model.*"
+"""Shown under the sliders while they hold the selected model's recommended thresholds."""
+
+
+def threshold_settings(model_id: str | None) -> tuple[float, float, float, str]:
+    """Slider values and note for ``model_id``: its recommended thresholds (segdemo.json)
+    with :data:`RECOMMENDED_NOTE`, else the defaults and no note."""
+    start, recommended = service.start_thresholds(model_id)
+    note = RECOMMENDED_NOTE if recommended else ""
+    return start.threshold, start.mask_threshold, start.overlap_mask_area_threshold, note
+
+
+def _threshold_sliders(task: Task, model: gr.Dropdown) -> list[gr.Slider]:
+    """The three threshold sliders; they start from, and follow, the model's recommendation."""
+    threshold, mask_value, overlap_value, note_text = threshold_settings(model.value)
+    slider = gr.Slider(
+        0, 1, threshold, step=0.05, label="Score threshold", elem_id=f"{task.value}-threshold"
     )
+    note = gr.Markdown(note_text, elem_id=f"{task.value}-threshold-note")
     with gr.Accordion("Mask settings", open=False):
         mask_threshold = gr.Slider(
             0,
             1,
-            defaults.mask_threshold,
+            mask_value,
             step=0.05,
             label="Mask threshold",
             elem_id=f"{task.value}-mask-threshold",
@@ -231,12 +241,21 @@ def _threshold_sliders(task: Task) -> list[gr.Slider]:
         overlap = gr.Slider(
             0,
             1,
-            defaults.overlap_mask_area_threshold,
+            overlap_value,
             step=0.05,
             label="Overlap area threshold",
             elem_id=f"{task.value}-overlap",
         )
-    return [threshold, mask_threshold, overlap]
+    sliders = [slider, mask_threshold, overlap]
+    model.change(
+        threshold_settings,
+        inputs=model,
+        outputs=[*sliders, note],
+        queue=False,  # reads the registry only: no need to wait behind inference
+        show_progress="hidden",
+        api_visibility="private",  # a UI convenience, not an endpoint
+    )
+    return sliders
 
 
 def _opacity_slider(elem_id: str) -> gr.Slider:
@@ -262,7 +281,7 @@ def create_task_tab(task: Task) -> None:
                 image = _image_input(f"{name}-image")
                 model = _model_dropdown(task, f"{name}-model")
                 _no_model_note(task)
-                sliders = [] if task is Task.SEMANTIC else _threshold_sliders(task)
+                sliders = [] if task is Task.SEMANTIC else _threshold_sliders(task, model)
                 opacity = _opacity_slider(f"{name}-opacity")
                 button = gr.Button("Segment", variant="primary", elem_id=f"{name}-run")
                 gr.Examples(examples=example_images(), inputs=image, cache_examples=False)

@@ -1,4 +1,4 @@
-"""``python -m segdemo {predict,evaluate,models}``; see ``python -m segdemo -h``."""
+"""``python -m segdemo {predict,evaluate,models,convert}``; see ``python -m segdemo -h``."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from segdemo import cli, evaluate
+    from segdemo import cli, convert, evaluate
 
     parser = argparse.ArgumentParser(prog="python -m segdemo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     cli.add_predict_command(commands)
     cli.add_models_command(commands)
     evaluate.add_evaluate_command(commands)
+    convert.add_convert_command(commands)
     return parser
 
 

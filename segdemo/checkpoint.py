@@ -3,8 +3,9 @@
 A checkpoint is a folder holding a transformers ``config.json``, safetensors weights
 (``model.safetensors`` or a sharded index) and the processor files
 (``preprocessor_config.json`` / ``processor_config.json``, plus tokenizer files for
-OneFormer). Hub models are first resolved to such a folder (a snapshot in the HF cache,
-see :mod:`segdemo.models`) and then loaded by :func:`load_checkpoint` like any other.
+OneFormer). Hub ids are first resolved to such a folder (a snapshot in the HF cache) by
+:func:`segdemo.hub.resolve_model_folder` and then loaded by :func:`load_checkpoint` like
+any other.
 
 Saving is atomic: files are written into a hidden sibling temp folder
 (``.NAME.tmp-PID-RANDOM``) which is renamed onto ``NAME`` only when complete, so a killed
@@ -25,6 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from segdemo.errors import SegdemoError
+
 logger = logging.getLogger(__name__)
 
 UNIVERSAL_MODEL_TYPES = frozenset({"mask2former", "maskformer", "oneformer"})
@@ -44,7 +47,7 @@ TOKENIZER_FILES = (
 _TEMP_MARKERS = (".tmp-", ".old-")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SegdemoError):
     """A folder that cannot be loaded as a checkpoint. ``str(err)`` is one line naming the folder."""
 
 
@@ -449,7 +452,7 @@ def _load_oneformer_processor(folder: Path) -> Any:
     """
     from transformers import OneFormerProcessor
 
-    config = _oneformer_image_processor_config(folder)
+    config = oneformer_image_processor_config(folder)
     class_info_file = config.get("class_info_file")
     overrides: dict[str, Any] = {}
     if class_info_file:
@@ -472,7 +475,8 @@ def _load_oneformer_processor(folder: Path) -> Any:
     return processor
 
 
-def _oneformer_image_processor_config(folder: Path) -> dict:
+def oneformer_image_processor_config(folder: Path) -> dict:
+    """The image-processor settings of a OneFormer folder (``{}`` when it has none)."""
     for name in PROCESSOR_FILES:
         path = folder / name
         if path.is_file():
@@ -509,61 +513,12 @@ def _find_class_info(folder: Path, repo_path: str | None, class_info_file: str) 
     return None
 
 
-# --------------------------------------------------------------------------- hub snapshots
-
-HUB_PATTERNS = (
-    "config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "model-*.safetensors",
-    *PROCESSOR_FILES,
-    *TOKENIZER_FILES,
-    "segdemo.json",
-)
-"""Files fetched for a hub model: what :func:`load_checkpoint` reads, nothing else
-(``pipeline()`` probes a dozen optional files, each costing retries when offline)."""
-PICKLE_PATTERNS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin")
+# --------------------------------------------------------------------------- transition
 
 
 def hub_snapshot(repo_id: str, *, local_files_only: bool, allow_pickle: bool = False) -> Path:
-    """Resolve a hub model id to a local snapshot folder in the HF cache.
+    """Deprecated: call :func:`segdemo.hub.resolve_model_folder`. Kept only until train/
+    switches to it; raises huggingface_hub's errors as before."""
+    from segdemo import hub
 
-    Args:
-        repo_id: ``"org/name"``.
-        local_files_only: only look in the cache (``HF_HUB_CACHE``/``HF_HOME``); no network.
-        allow_pickle: also fetch ``pytorch_model*.bin`` weights.
-
-    Returns:
-        The snapshot folder; for OneFormer the class-info file its processor needs is
-        fetched (or found) in the HF cache as well.
-
-    Raises:
-        huggingface_hub errors (``LocalEntryNotFoundError`` when not cached and
-        ``local_files_only``; network errors otherwise). Callers turn them into messages.
-    """
-    from huggingface_hub import snapshot_download
-
-    patterns = list(HUB_PATTERNS) + (list(PICKLE_PATTERNS) if allow_pickle else [])
-    folder = Path(
-        snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_files_only)
-    )
-    if (folder / "config.json").is_file() and read_config(folder).get("model_type") == "oneformer":
-        config = _oneformer_image_processor_config(folder)
-        repo_path, class_info_file = config.get("repo_path"), config.get("class_info_file")
-        if class_info_file and not config.get("metadata") and repo_path and "/" in repo_path:
-            from huggingface_hub import hf_hub_download
-
-            hf_hub_download(
-                repo_path, class_info_file, repo_type="dataset", local_files_only=local_files_only
-            )
-    return folder
-
-
-def is_complete_snapshot(folder: str | os.PathLike) -> bool:
-    """True if a snapshot folder holds config, safetensors weights and a processor config."""
-    folder = Path(folder)
-    return (
-        (folder / "config.json").is_file()
-        and any((folder / n).is_file() for n in SAFETENSORS_FILES)
-        and any((folder / n).is_file() for n in PROCESSOR_FILES)
-    )
+    return hub._snapshot(repo_id, local_files_only=local_files_only, allow_pickle=allow_pickle)

@@ -1,15 +1,23 @@
 """``python -m segdemo predict`` and ``python -m segdemo models``.
 
     python -m segdemo predict photo.jpg more/*.png --model local/segdemo-camvid --task semantic --out out/
+    python -m segdemo predict photo.jpg --model ./runs/mine --task panoptic --out out/
     python -m segdemo models
 
-``predict`` writes, per image ``NAME``:
+``--model`` takes a registry id, a checkpoint folder or a hub id: the person typing the
+command is the operator, so the app's allowlist (``SEGDEMO_ALLOW_ANY_MODEL``) does not
+apply here.
+
+``predict`` writes, per image ``NAME``, the files of :mod:`segdemo.result_files` (the
+app's downloads are written by the same code):
 
 * ``NAME_overlay.png``: RGB overlay with contours, labels and a legend;
-* ``NAME_labels.png``: the label map at the image's resolution. Semantic: class ids,
-  8-bit (16-bit when the model has more than 256 classes). Instance/panoptic: segment
-  ids 1..n (0 = none), 16-bit;
+* ``NAME_labels.png``: the label map at the image's resolution: class ids (semantic) or
+  segment ids 1..n, 0 = none (instance/panoptic); 8-bit, 16-bit when ids exceed 255;
 * ``NAME_segments.json``: the segments (id, label, label_id, score, area, bbox).
+
+Instance/panoptic thresholds start from the model's recommended ones (its
+``segdemo.json``), else the defaults of :mod:`segdemo.thresholds`; each flag overrides one.
 
 A bad image is reported on stderr in one line naming the file; the other images are
 still processed and the exit code is 1.
@@ -23,9 +31,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from segdemo.result import SegmentationResult, Task
+from segdemo.errors import SegdemoError
+from segdemo.result import Task
+from segdemo.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
 
 def add_predict_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -36,21 +45,33 @@ def add_predict_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
         description="Segment images; writes NAME_overlay.png, NAME_labels.png and NAME_segments.json.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--model", required=True, help="model id (see `python -m segdemo models`)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model id (see `python -m segdemo models`), checkpoint folder, or hub id",
+    )
     parser.add_argument("--task", required=True, choices=[t.value for t in Task])
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--alpha", type=_unit_float, default=0.5, help="overlay opacity 0..1 (0.5)")
+    recommended = "the model's recommended value, else"
     parser.add_argument(
-        "--threshold", type=_unit_float, default=0.9, help="instance/panoptic score threshold (0.9)"
+        "--threshold",
+        type=_unit_float,
+        default=None,
+        help=f"instance/panoptic score threshold ({recommended} {DEFAULT_THRESHOLDS.threshold})",
     )
     parser.add_argument(
-        "--mask-threshold", type=_unit_float, default=0.5, help="mask probability threshold (0.5)"
+        "--mask-threshold",
+        type=_unit_float,
+        default=None,
+        help=f"mask probability threshold ({recommended} {DEFAULT_THRESHOLDS.mask_threshold})",
     )
     parser.add_argument(
         "--overlap-threshold",
         type=_unit_float,
-        default=0.5,
-        help="panoptic overlap mask area threshold (0.5)",
+        default=None,
+        help="panoptic overlap mask area threshold "
+        f"({recommended} {DEFAULT_THRESHOLDS.overlap_mask_area_threshold})",
     )
     parser.add_argument(
         "--max-size", type=int, default=None, help="cap the model input's longest side (pixels)"
@@ -93,25 +114,37 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+def thresholds_from_args(args: argparse.Namespace, start: Thresholds) -> Thresholds:
+    """``start`` (the model's recommendation or the defaults) with the flags given replacing it."""
+    given = {
+        "threshold": args.threshold,
+        "mask_threshold": args.mask_threshold,
+        "overlap_mask_area_threshold": args.overlap_threshold,
+    }
+    return Thresholds.from_mapping({k: v for k, v in given.items() if v is not None}, start)
+
+
 def run_predict(args: argparse.Namespace) -> int:
     """Segment every image; 0 when all succeeded, 1 otherwise."""
     from segdemo import palettes
-    from segdemo.images import ImageError, load_image
-    from segdemo.models import ModelLoadError, UnsupportedTaskError, load_model
-    from segdemo.registry import ModelNotAllowedError
+    from segdemo.images import load_image
+    from segdemo.models import load_model
+    from segdemo.render import render
+    from segdemo.result_files import write_result_files
     from segdemo.segment import segment
 
     _quiet_transformers()
-    task = Task.parse(args.task)
-    try:
-        loaded = load_model(args.model)
-        loaded.check_task(task)
-    except (ModelNotAllowedError, ModelLoadError, UnsupportedTaskError) as err:
-        _error(str(err))
-        return 1
     if args.max_size is not None and args.max_size < 32:
         _error(f"--max-size {args.max_size} is too small; use at least 32")
         return 1
+    try:
+        # the person at the command line is the operator: folders and hub ids are allowed
+        loaded = load_model(args.model, allow_any=True)
+        task = loaded.check_task(args.task)
+    except SegdemoError as err:
+        _error(str(err))
+        return 1
+    thresholds = thresholds_from_args(args, loaded.spec.thresholds())
     palette = palettes.palette_for(loaded.spec.palette, loaded.id2label)
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -120,27 +153,24 @@ def run_predict(args: argparse.Namespace) -> int:
         name = _unique_name(Path(source).stem, used_names)
         try:
             image = load_image(source)
-        except ImageError as err:
+            result = segment(loaded, image, task, **thresholds.as_kwargs(), max_size=args.max_size)
+        except SegdemoError as err:
             _error(str(err))
             failures += 1
             continue
-        try:
-            result = segment(
-                loaded,
-                image,
-                task,
-                threshold=args.threshold,
-                mask_threshold=args.mask_threshold,
-                overlap_mask_area_threshold=args.overlap_threshold,
-                max_size=args.max_size,
-            )
         except ValueError as err:  # e.g. an image the processor cannot resize
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             _error(f"{Path(source).name}: segmentation failed ({reason})")
             failures += 1
             continue
-        write_outputs(
-            args.out, name, image, result, palette, alpha=args.alpha, model_id=loaded.spec.id
+        overlay = render(np.asarray(image), result, palette, alpha=args.alpha)
+        write_result_files(
+            args.out,
+            name,
+            result,
+            model_id=loaded.spec.id,
+            image_name=Path(source).name,
+            overlay=overlay,
         )
         print(f"{source}: {len(result.segments)} segments -> {args.out / name}_*.png")
     return 1 if failures else 0
@@ -156,42 +186,10 @@ def _unique_name(stem: str, used: set[str]) -> str:
     return name
 
 
-def write_outputs(
-    out_dir: Path,
-    name: str,
-    image: Image.Image,
-    result: SegmentationResult,
-    palette: np.ndarray,
-    *,
-    alpha: float,
-    model_id: str,
-) -> list[Path]:
-    """Write ``NAME_overlay.png``, ``NAME_labels.png`` and ``NAME_segments.json``; returns the paths."""
-    from segdemo.render import render
-
-    overlay = render(np.asarray(image), result, palette, alpha=alpha)
-    paths = [
-        out_dir / f"{name}_{suffix}" for suffix in ("overlay.png", "labels.png", "segments.json")
-    ]
-    Image.fromarray(overlay).save(paths[0])
-    label_png(result).save(paths[1])
-    summary = {"image": name, "model": model_id, **result.to_json()}
-    paths[2].write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    return paths
-
-
-def label_png(result: SegmentationResult) -> Image.Image:
-    """The label map as a PNG-ready image: 8-bit class ids when they fit, else 16-bit."""
-    if result.task is Task.SEMANTIC and max(result.id2label, default=0) <= 255:
-        return Image.fromarray(result.label_map.astype(np.uint8))
-    if int(result.label_map.max(initial=0)) > 65535:
-        raise ValueError("more than 65535 segments do not fit a 16-bit PNG")
-    return Image.fromarray(result.label_map.astype(np.uint16))
-
-
 def run_models(args: argparse.Namespace) -> int:
     """Print the registry: id, tasks, offline availability, title."""
-    from segdemo.registry import all_models, is_available_offline
+    from segdemo.hub import is_available_offline
+    from segdemo.registry import all_models
 
     rows = [
         {

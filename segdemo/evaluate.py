@@ -161,7 +161,8 @@ def model_predictor(model_id: str, max_size: int | None = None) -> tuple[Predict
     # transformers' progress bars and advisories would bury the table and the error lines
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    loaded = load_model(model_id)
+    # the caller is the operator (the command line): checkpoint folders and hub ids load too
+    loaded = load_model(model_id, allow_any=True)
 
     def predict(name: str, image: Image.Image | None, size: tuple[int, int]) -> np.ndarray:
         if image is None:
@@ -299,21 +300,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _expected_errors() -> tuple[type[Exception], ...]:
     """Bad input or environment (one-line messages); anything else is a bug and keeps its traceback."""
-    from segdemo.checkpoint import CheckpointError
-    from segdemo.models import ModelLoadError, UnsupportedTaskError
-    from segdemo.registry import ModelNotAllowedError
+    from segdemo.errors import SegdemoError
 
-    return (
-        EvaluateError,
-        DatasetError,
-        MetricInputError,
-        ImageError,
-        ModelLoadError,
-        ModelNotAllowedError,
-        UnsupportedTaskError,
-        CheckpointError,
-        OSError,
-    )
+    # EvaluateError and DatasetError go once they derive from SegdemoError
+    return (SegdemoError, EvaluateError, DatasetError, OSError)
 
 
 def _run(args: argparse.Namespace) -> dict:
@@ -327,8 +317,6 @@ def _run(args: argparse.Namespace) -> dict:
         predict, needs_image = saved_predictor(args.pred_dir), False
         source = {"pred_dir": str(args.pred_dir)}
     else:
-        # the command line is the operator: checkpoint folders and hub ids are allowed here
-        os.environ.setdefault("SEGDEMO_ALLOW_ANY_MODEL", "1")
         predict, model_labels = model_predictor(args.model, args.max_size)
         if len(model_labels) != len(data_labels):
             raise EvaluateError(

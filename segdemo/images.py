@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from segdemo.errors import SegdemoError
+
 MAX_PIXELS = 50_000_000
 """Largest image accepted (width*height); above it Pillow's decompression-bomb guard fires.
 Overridable with the environment variable ``SEGDEMO_MAX_PIXELS``."""
@@ -27,7 +29,7 @@ BACKGROUND = (255, 255, 255)
 """Colour that transparent pixels are composited on."""
 
 
-class ImageError(ValueError):
+class ImageError(SegdemoError):
     """An input that is not a usable image. ``str(err)`` is a one-line, user-facing message."""
 
 

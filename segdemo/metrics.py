@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
+from segdemo.errors import SegdemoError
 from segdemo.labels import IGNORE_INDEX, to_train_ids
 
 __all__ = ["ConfusionMatrix", "MetricInputError", "confusion_matrix", "mean_iou"]
@@ -43,7 +44,7 @@ __all__ = ["ConfusionMatrix", "MetricInputError", "confusion_matrix", "mean_iou"
 _BYTE = 256
 
 
-class MetricInputError(ValueError):
+class MetricInputError(SegdemoError):
     """Predictions or references that cannot be scored; the message says what to fix."""
 
 

@@ -3,11 +3,13 @@
     >>> loaded = load_model("nvidia/segformer-b0-finetuned-ade-512-512")
     >>> loaded.tasks
     (<Task.SEMANTIC: 'semantic'>,)
+    >>> load_model("./runs/mine", allow_any=True)  # the CLI: any folder or hub id
 
-Hub ids are resolved to a snapshot folder in the HF cache (downloading only the files
-:func:`segdemo.checkpoint.load_checkpoint` reads) and loaded by that same function as
-local checkpoints. Offline (``HF_HUB_OFFLINE`` set, or the hub does not answer within
-1.5 s) only the cache is used, so an uncached model fails in well under 2 s.
+Model names become folders through :func:`segdemo.hub.resolve_model_folder` (a hub id:
+its snapshot in the HF cache, downloading only the files
+:func:`segdemo.checkpoint.load_checkpoint` reads) and are loaded by ``load_checkpoint``
+like local checkpoints. Offline (``HF_HUB_OFFLINE`` set, or the hub does not answer
+within 1.5 s) only the cache is used, so an uncached model fails in well under 2 s.
 """
 
 from __future__ import annotations
@@ -16,27 +18,18 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from segdemo.checkpoint import (
-    CheckpointError,
-    allow_pickle_from_env,
-    hub_snapshot,
-    is_universal,
-    load_checkpoint,
-)
+from segdemo.checkpoint import CheckpointError, allow_pickle_from_env, load_checkpoint
+from segdemo.errors import SegdemoError
+from segdemo.hub import resolve_model_folder
 from segdemo.registry import (
-    ALL_TASKS,
     ModelNotAllowedError,
     ModelSpec,
-    UnsupportedTaskError,  # noqa: F401  (re-exported: models.UnsupportedTaskError)
-    cached_snapshot,
+    UnsupportedTaskError,
     get_spec,
-    hub_offline_env,
-    hub_reachable,
-    require_task,
+    tasks_for_model_type,
 )
 from segdemo.result import Task
 
@@ -56,7 +49,7 @@ __all__ = [
 DEFAULT_CACHE_SIZE = 2
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(SegdemoError):
     """A model that could not be loaded. ``str(err)`` is one line naming the model and the fix."""
 
 
@@ -65,12 +58,14 @@ class LoadedModel:
     """A model ready for :func:`segdemo.segment.segment`.
 
     Attributes:
-        spec: the registry entry it was loaded for.
+        spec: the registry entry it was loaded for, its tasks narrowed to what the
+            model type can do.
         model: transformers model in eval mode on ``device``.
         processor: its image processor (``OneFormerProcessor`` for OneFormer).
         device: ``"cuda"`` or ``"cpu"``.
         id2label: ``{class_id: name}`` from the model config, ids ``0..num_labels-1``.
-        tasks: tasks the architecture supports (semantic models: semantic only).
+        tasks: ``spec.tasks``: what the registry offers it for, within what its
+            architecture can do (semantic models: semantic only).
         model_type: ``config.model_type``, e.g. ``"segformer"``, ``"mask2former"``.
     """
 
@@ -84,7 +79,7 @@ class LoadedModel:
 
     def check_task(self, task: Task | str) -> Task:
         """``task`` as a :class:`Task`; UnsupportedTaskError if this model cannot do it."""
-        return require_task(self.spec.id, self.tasks, task)
+        return self.spec.require(task)
 
 
 def cache_size() -> int:
@@ -106,19 +101,24 @@ _cache: OrderedDict[str, tuple[Any, LoadedModel]] = OrderedDict()
 _loading: dict[str, threading.Lock] = {}
 
 
-def load_model(model_id: str) -> LoadedModel:
-    """Load (or fetch from the cache) the registry model ``model_id``.
+def load_model(model_id: str, *, allow_any: bool = False) -> LoadedModel:
+    """Load (or fetch from the cache) the model ``model_id``.
 
     Thread-safe: concurrent first requests for one model load it once; a failed load
     is not cached. The least recently used model is dropped beyond :func:`cache_size`.
     A local checkpoint whose weights file changed (e.g. training saved a better one)
     is reloaded.
 
+    Args:
+        model_id: a registry id (curated hub id or ``local/<folder>``).
+        allow_any: also any checkpoint folder or hub id (see
+            :func:`segdemo.registry.get_spec`): True for the person at the command line.
+
     Raises:
         ModelNotAllowedError: ``model_id`` is not in the registry (see ``get_spec``).
         ModelLoadError: not available offline, download failed, or a broken checkpoint.
     """
-    spec = get_spec(model_id)
+    spec = get_spec(model_id, allow_any=allow_any)
     version = _version(spec)
     with _lock:
         hit = _cached(spec.id, version)
@@ -182,43 +182,22 @@ def _version(spec: ModelSpec) -> Any:
 
 
 def _load(spec: ModelSpec) -> LoadedModel:
-    folder = spec.path if spec.source == "local" else _resolve_hub(spec.id)
+    source = spec.path if spec.source == "local" else spec.id
     device = default_device()
+    folder = None
     try:
+        folder = resolve_model_folder(source, allow_pickle=allow_pickle_from_env())
         model, processor = load_checkpoint(folder, device=device)
     except CheckpointError as err:
         # the full path goes to the server log; callers (maybe over the API) see the model id
         logger.info("%s could not be loaded: %s", spec.id, err)
-        detail = str(err).replace(f"{folder}: ", "").replace(str(folder), spec.id)
+        detail = str(err)
+        for place in {str(source), str(folder)} - {"None"}:
+            detail = detail.replace(f"{place}: ", "").replace(place, spec.id)
         raise ModelLoadError(f"{spec.id}: {detail}") from None
     kind = model.config.model_type
     id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
-    tasks = ALL_TASKS if is_universal(kind) else (Task.SEMANTIC,)
-    return LoadedModel(spec, model, processor, device, id2label, tasks, kind)
-
-
-def _resolve_hub(repo_id: str) -> Path:
-    # a complete cached snapshot is used as is: no network round trip per load
-    cached = cached_snapshot(repo_id)
-    if cached is not None:
-        return cached
-    if hub_offline_env() or not hub_reachable():
-        why = (
-            "HF_HUB_OFFLINE is set"
-            if hub_offline_env()
-            else "the Hugging Face hub is not reachable"
-        )
-        raise ModelLoadError(
-            f"{repo_id} is not in the local Hugging Face cache and {why}: connect to the network and try "
-            "again, or train or copy a checkpoint into the checkpoints folder (SEGDEMO_CHECKPOINTS, "
-            "default checkpoints/) and pick it as local/<folder>"
-        )
-    allow_pickle = allow_pickle_from_env()
-    try:
-        folder = hub_snapshot(repo_id, local_files_only=False, allow_pickle=allow_pickle)
-    except Exception as err:  # network errors, gated/missing repos: one line for the user
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(
-            f"{repo_id}: download from the Hugging Face hub failed ({reason[:200]})"
-        ) from None
-    return folder
+    # a hub id the operator allowed is offered for every task until its type is known
+    possible = tasks_for_model_type(kind)
+    spec = replace(spec, tasks=tuple(t for t in spec.tasks if t in possible))
+    return LoadedModel(spec, model, processor, device, id2label, spec.tasks, kind)

@@ -1,14 +1,23 @@
 """Which models segdemo offers: curated hub models plus local checkpoints, as plain data.
 
 A model id is either a curated hub id (``"nvidia/segformer-b0-finetuned-ade-512-512"``)
-or ``"local/<folder>"`` for a checkpoint folder found in :func:`checkpoints_dir`. Callers
-(app, API) may only use these ids; ``SEGDEMO_ALLOW_ANY_MODEL=1`` lifts that for other hub
-ids and checkpoint paths.
+or ``"local/<folder>"`` for a checkpoint folder found in :func:`checkpoints_dir`. The app's
+callers may only use these ids; :func:`get_spec` with ``allow_any=True`` (the CLI, whose
+user is the operator, and the app when its operator sets ``SEGDEMO_ALLOW_ANY_MODEL=1``)
+also takes other hub ids and checkpoint paths.
 
-A local checkpoint may carry a ``segdemo.json`` next to its ``config.json``:
-``{"palette": "camvid", "title": "SegFormer trained on CamVid"}`` (both optional).
-Without it the palette is ``"camvid"`` when ``id2label`` is CamVid's 11 classes, else
-``"generated"``.
+A local checkpoint may carry a ``segdemo.json`` next to its ``config.json`` (every key
+optional)::
+
+    {"palette": "camvid", "title": "SegFormer trained on CamVid",
+     "thresholds": {"threshold": 0.5, "mask_threshold": 0.5, "overlap_mask_area_threshold": 0.8}}
+
+Without a palette it is ``"camvid"`` when ``id2label`` is CamVid's 11 classes, else
+``"generated"``. ``thresholds`` (any subset) are the model's recommended instance/panoptic
+thresholds (:attr:`ModelSpec.recommended_thresholds`).
+
+Where a model's files come from, and whether they are there offline, is
+:mod:`segdemo.hub`'s business; loading is :mod:`segdemo.models`'.
 """
 
 from __future__ import annotations
@@ -16,50 +25,55 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from segdemo import palettes
 from segdemo.checkpoint import (
     CheckpointError,
-    hub_snapshot,
     is_checkpoint,
-    is_complete_snapshot,
     is_universal,
     model_type,
     read_config,
 )
+from segdemo.errors import SegdemoError
 from segdemo.result import Task
+from segdemo.thresholds import DEFAULT_THRESHOLDS, ThresholdError, Thresholds
 
 logger = logging.getLogger(__name__)
 
 ALL_TASKS = (Task.SEMANTIC, Task.INSTANCE, Task.PANOPTIC)
-PALETTES = ("ade20k", "cityscapes", "coco_panoptic", "camvid", "generated")
+PALETTES = tuple(palettes.PALETTES)
 """Palette names understood by ``segdemo.palettes.palette_for``."""
 EMBEDDED_MODEL_ID = "local/segdemo-camvid"
-"""The checkpoint trained by ``train/run.py`` and shipped in ``checkpoints/`` (default offline)."""
-CAMVID_LABELS = (
-    "sky",
-    "building",
-    "pole",
-    "road",
-    "pavement",
-    "tree",
-    "sign_symbol",
-    "fence",
-    "car",
-    "pedestrian",
-    "bicyclist",
-)
+"""The semantic checkpoint trained by ``train/run.py`` and shipped in ``checkpoints/``."""
+EMBEDDED_PANOPTIC_MODEL_ID = "local/segdemo-camvid-panoptic"
+"""The CamVid panoptic checkpoint trained by ``train/run.py --task panoptic``."""
+EMBEDDED_DEFAULTS = {
+    Task.SEMANTIC: EMBEDDED_MODEL_ID,
+    Task.INSTANCE: EMBEDDED_PANOPTIC_MODEL_ID,
+    Task.PANOPTIC: EMBEDDED_PANOPTIC_MODEL_ID,
+}
+"""The shipped model a UI preselects per task when it is present (away from Spaces)."""
+CAMVID_LABELS = palettes.PALETTES["camvid"].names
 """CamVid's 11 class names by class id (raw 11 is void: :data:`segdemo.labels.IGNORE_INDEX`)."""
 LOCAL_PREFIX = "local/"
 SPEC_FILE = "segdemo.json"
 
 
-class ModelNotAllowedError(ValueError):
+def tasks_for_model_type(kind: str) -> tuple[Task, ...]:
+    """The tasks a ``config.model_type`` can do: all three for Mask2Former, MaskFormer and
+    OneFormer, semantic for the rest. The one place this is decided."""
+    return ALL_TASKS if is_universal(kind) else (Task.SEMANTIC,)
+
+
+class ModelNotAllowedError(SegdemoError):
     """A model id outside the registry and the local checkpoints, while not allowed."""
+
+
+class UnsupportedTaskError(SegdemoError):
+    """A task the model cannot do; the message lists the tasks it supports."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,8 @@ class ModelSpec:
         path: checkpoint folder for local models, ``None`` for hub models.
         title: short human-readable name for dropdowns.
         description: one line on what it was trained on.
+        recommended_thresholds: the instance/panoptic thresholds the model's
+            ``segdemo.json`` recommends, ``None`` when it recommends none.
     """
 
     id: str
@@ -83,9 +99,28 @@ class ModelSpec:
     path: Path | None = None
     title: str = ""
     description: str = ""
+    recommended_thresholds: Thresholds | None = None
 
     def supports(self, task: Task | str) -> bool:
         return Task.parse(task) in self.tasks
+
+    def require(self, task: Task | str) -> Task:
+        """``task`` as a :class:`Task`; UnsupportedTaskError naming the tasks this model can do.
+
+        The one task check: the app and the CLI call it before loading a model, and
+        :func:`segdemo.segment.segment` through ``LoadedModel.check_task``.
+        """
+        task = Task.parse(task)
+        if task not in self.tasks:
+            supported = ", ".join(t.value for t in self.tasks)
+            raise UnsupportedTaskError(
+                f"{self.id} cannot do {task.value} segmentation; it supports: {supported}"
+            )
+        return task
+
+    def thresholds(self) -> Thresholds:
+        """The thresholds to start from: the recommended ones, else :data:`DEFAULT_THRESHOLDS`."""
+        return self.recommended_thresholds or DEFAULT_THRESHOLDS
 
 
 def _hub(model_id: str, tasks, palette: str, title: str, description: str) -> ModelSpec:
@@ -182,7 +217,7 @@ def local_spec(path: str | os.PathLike, model_id: str | None = None) -> ModelSpe
     """A :class:`ModelSpec` for one checkpoint folder (tasks from its model type)."""
     path = Path(path)
     kind = model_type(path)
-    tasks = ALL_TASKS if is_universal(kind) else (Task.SEMANTIC,)
+    tasks = tasks_for_model_type(kind)
     extra = _read_spec_file(path)
     palette = extra.get("palette") or _guess_palette(read_config(path).get("id2label") or {})
     if palette not in PALETTES:
@@ -196,7 +231,18 @@ def local_spec(path: str | os.PathLike, model_id: str | None = None) -> ModelSpe
         path=path,
         title=str(extra.get("title") or path.name),
         description=str(extra.get("description") or f"local {kind} checkpoint"),
+        recommended_thresholds=_recommended_thresholds(path, extra.get("thresholds")),
     )
+
+
+def _recommended_thresholds(path: Path, values) -> Thresholds | None:
+    if values is None:
+        return None
+    try:
+        return Thresholds.from_mapping(values)
+    except ThresholdError as err:
+        logger.warning("%s: ignoring thresholds in %s (%s)", path, SPEC_FILE, err)
+        return None
 
 
 def _read_spec_file(path: Path) -> dict:
@@ -232,24 +278,25 @@ def models_for_task(task: Task | str) -> list[ModelSpec]:
     return [spec for spec in all_models() if task in spec.tasks]
 
 
-def allow_any_model() -> bool:
-    return os.environ.get("SEGDEMO_ALLOW_ANY_MODEL", "").strip().lower() in {"1", "true", "yes"}
-
-
-def get_spec(model_id: str) -> ModelSpec:
+def get_spec(model_id: str, *, allow_any: bool = False) -> ModelSpec:
     """The spec for a curated or discovered model id.
 
-    With ``SEGDEMO_ALLOW_ANY_MODEL=1`` also any checkpoint folder path or other hub id
-    (its tasks are then checked when the model is loaded).
+    Args:
+        model_id: a curated hub id or ``local/<folder>``; surrounding spaces are trimmed.
+        allow_any: also any checkpoint folder path or other hub id (``org/name``); its
+            tasks are narrowed to what its model type can do when it is loaded. The CLI
+            passes True (its user is the operator); the app passes the operator's
+            ``SEGDEMO_ALLOW_ANY_MODEL`` setting.
 
     Raises:
-        ModelNotAllowedError: an id outside the registry and the local checkpoints.
+        ModelNotAllowedError: an id outside the registry and the local checkpoints
+            (unless ``allow_any``), or neither a checkpoint folder nor a hub id.
     """
     model_id = str(model_id).strip()
     for spec in all_models():
         if spec.id == model_id:
             return spec
-    if not allow_any_model():
+    if not allow_any:
         raise ModelNotAllowedError(
             f"model {model_id!r} is not offered here; pick one of the listed models "
             "(the operator can allow others with SEGDEMO_ALLOW_ANY_MODEL=1)"
@@ -267,119 +314,11 @@ def get_spec(model_id: str) -> ModelSpec:
     return _hub(model_id, ALL_TASKS, "generated", model_id, "hub model")
 
 
-# --------------------------------------------------------------------------- availability
+# --------------------------------------------------------------------------- transition
 
 
 def hub_offline_env() -> bool:
-    """True when ``HF_HUB_OFFLINE`` asks for no network."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    """Deprecated: call :func:`segdemo.hub.offline`. Kept only until train/ switches to it."""
+    from segdemo import hub
 
-
-_PROBE_TIMEOUT_S = 1.5
-_PROBE_TTL_S = 60.0
-_probe_lock = threading.Lock()
-_probe_cache: tuple[float, bool] | None = None
-
-
-def hub_reachable() -> bool:
-    """Whether the HF hub answers: False at once under ``HF_HUB_OFFLINE``; otherwise a
-    probe of at most 1.5 s, its answer cached for a minute."""
-    global _probe_cache
-    if hub_offline_env():
-        return False
-    with _probe_lock:
-        now = time.monotonic()
-        if _probe_cache is not None and now - _probe_cache[0] < _PROBE_TTL_S:
-            return _probe_cache[1]
-        reachable = _probe()
-        _probe_cache = (time.monotonic(), reachable)
-        return reachable
-
-
-def _probe() -> bool:
-    # in a daemon thread: DNS resolution has no timeout of its own and may hang for long
-    from huggingface_hub import constants
-
-    answer: list[bool] = []
-
-    def probe() -> None:
-        import httpx
-
-        try:
-            response = httpx.head(
-                constants.ENDPOINT, timeout=_PROBE_TIMEOUT_S, follow_redirects=False
-            )
-            answer.append(response.status_code < 500)
-        except Exception:
-            answer.append(False)
-
-    thread = threading.Thread(target=probe, name="segdemo-hub-probe", daemon=True)
-    thread.start()
-    thread.join(_PROBE_TIMEOUT_S)
-    return bool(answer and answer[0])
-
-
-def cached_snapshot(repo_id: str) -> Path | None:
-    """The HF-cache snapshot of ``repo_id`` if it holds everything needed to load it, else None."""
-    try:
-        folder = hub_snapshot(repo_id, local_files_only=True)
-    except Exception:  # not cached (LocalEntryNotFoundError) or a broken cache entry
-        return None
-    return folder if is_complete_snapshot(folder) else None
-
-
-def is_available_offline(spec: ModelSpec) -> bool:
-    """True if ``spec`` loads without network: a local checkpoint, or fully in the HF cache."""
-    if spec.source == "local":
-        return spec.path is not None and is_checkpoint(spec.path)
-    return cached_snapshot(spec.id) is not None
-
-
-class UnsupportedTaskError(ValueError):
-    """A task the model cannot do; the message lists the tasks it supports."""
-
-
-def require_task(model_name: str, tasks: tuple[Task, ...], task: Task | str) -> Task:
-    """``task`` as a :class:`Task`, or UnsupportedTaskError naming the tasks ``model_name`` can do."""
-    task = Task.parse(task)
-    if task not in tasks:
-        supported = ", ".join(t.value for t in tasks)
-        raise UnsupportedTaskError(
-            f"{model_name} cannot do {task.value} segmentation; it supports: {supported}"
-        )
-    return task
-
-
-def prefers_hub() -> bool:
-    """Whether a UI should preselect curated hub models.
-
-    True on a Hugging Face Space (``SPACE_ID`` is set there) or with
-    ``SEGDEMO_PREFER_HUB=1``, unless ``HF_HUB_OFFLINE`` is set. Decided from the
-    environment alone, so building the UI sends no request: the hub is contacted only
-    when somebody runs a hub model.
-    """
-    if hub_offline_env():
-        return False
-    return bool(os.environ.get("SPACE_ID")) or os.environ.get("SEGDEMO_PREFER_HUB", "") == "1"
-
-
-def default_model(task: Task | str) -> ModelSpec | None:
-    """The model a UI preselects for ``task``.
-
-    On a Space (:func:`prefers_hub`): the first curated model for the task. Elsewhere:
-    the embedded checkpoint (:data:`EMBEDDED_MODEL_ID`) when present and suitable, else
-    the first model available offline, else (unless ``HF_HUB_OFFLINE``) the first
-    curated one, else ``None``.
-    """
-    task = Task.parse(task)
-    candidates = models_for_task(task)
-    if prefers_hub():
-        curated = [s for s in candidates if s.source == "hub"]
-        return (curated or candidates or [None])[0]
-    embedded = [s for s in candidates if s.id == EMBEDDED_MODEL_ID]
-    if embedded:
-        return embedded[0]
-    offline = next((s for s in candidates if is_available_offline(s)), None)
-    if offline is not None or hub_offline_env():
-        return offline
-    return next((s for s in candidates if s.source == "hub"), None)
+    return hub.offline()

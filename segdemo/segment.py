@@ -26,6 +26,7 @@ from segdemo import oneformer_post
 from segdemo.images import load_image
 from segdemo.models import LoadedModel
 from segdemo.result import Segment, SegmentationResult, Task, region_stats, segments_from_label_map
+from segdemo.thresholds import DEFAULT_THRESHOLDS
 from segdemo.upsample import upsample_argmax
 
 
@@ -34,9 +35,9 @@ def segment(
     image: Image.Image | np.ndarray | str | os.PathLike | bytes,
     task: Task | str,
     *,
-    threshold: float = 0.9,
-    mask_threshold: float = 0.5,
-    overlap_mask_area_threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLDS.threshold,
+    mask_threshold: float = DEFAULT_THRESHOLDS.mask_threshold,
+    overlap_mask_area_threshold: float = DEFAULT_THRESHOLDS.overlap_mask_area_threshold,
     label_ids_to_fuse: set[int] | None = None,
     max_size: int | None = None,
 ) -> SegmentationResult:

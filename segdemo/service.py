@@ -5,13 +5,17 @@ their outputs back into widgets; everything a request does (validate the model i
 read the upload, load the model, segment, render, write the downloads) happens
 here, so it is testable without a server.
 
-Errors meant for the person on the other end are ``ValueError`` subclasses whose
-``str()`` is a one-line message (:data:`USER_ERRORS`); anything else is a bug.
+Errors meant for the person on the other end derive from
+:class:`segdemo.errors.SegdemoError` and their ``str()`` is a one-line message; anything
+else is a bug.
+
+Which models a caller may pick is the operator's choice: the registry's ids, or any
+checkpoint folder and hub id when the app runs with ``SEGDEMO_ALLOW_ANY_MODEL=1`` (read
+per request, :func:`allow_any_model`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,12 +27,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segdemo import palettes, registry, render
-from segdemo.images import ImageError, load_image
-from segdemo.models import ModelLoadError, UnsupportedTaskError, load_model
-from segdemo.registry import ModelNotAllowedError
+from segdemo import hub, palettes, registry, render
+from segdemo.errors import SegdemoError
+from segdemo.images import load_image
+from segdemo.models import ModelLoadError, load_model
+from segdemo.registry import ModelNotAllowedError, ModelSpec, UnsupportedTaskError
 from segdemo.result import SegmentationResult, Task, region_stats
+from segdemo.result_files import write_result_files
 from segdemo.segment import segment
+from segdemo.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
 DISPLAY_MAX_SIDE = 1024
 """Longest side of the pictures sent back for display (annotated image, overlay).
@@ -41,18 +48,14 @@ Progress = Callable[[float, str], None]
 """``progress(fraction in [0, 1], description)``; ``app.py`` adapts ``gr.Progress``."""
 
 
-class RequestError(ValueError):
+class RequestError(SegdemoError):
     """A request the service cannot serve as given (missing image, bad option value)."""
 
 
-USER_ERRORS: tuple[type[ValueError], ...] = (
-    RequestError,
-    ImageError,
-    ModelNotAllowedError,
-    ModelLoadError,
-    UnsupportedTaskError,
-)
+USER_ERRORS: tuple[type[Exception], ...] = (SegdemoError,)
 """Exceptions whose message is written for the user; ``app.py`` shows them as ``gr.Error``."""
+
+_MODEL_ERRORS = (ModelNotAllowedError, ModelLoadError, UnsupportedTaskError)
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,9 @@ class Options:
         alpha: opacity of the colour overlay, in ``[0, 1]``.
     """
 
-    # the transformers image-segmentation pipeline's defaults, as in segment()
-    threshold: float = 0.9
-    mask_threshold: float = 0.5
-    overlap_mask_area_threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLDS.threshold
+    mask_threshold: float = DEFAULT_THRESHOLDS.mask_threshold
+    overlap_mask_area_threshold: float = DEFAULT_THRESHOLDS.overlap_mask_area_threshold
     alpha: float = 0.5
 
     def __post_init__(self) -> None:
@@ -78,6 +80,15 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
                 raise RequestError(f"{name} must be a number between 0 and 1, got {value!r}")
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The three thresholds as :class:`segdemo.thresholds.Thresholds`."""
+        return Thresholds(self.threshold, self.mask_threshold, self.overlap_mask_area_threshold)
+
+    def with_thresholds(self, thresholds: Thresholds) -> Options:
+        """These options with ``thresholds`` in place of the three threshold values."""
+        return replace(self, **thresholds.as_kwargs())
 
 
 @dataclass
@@ -98,9 +109,10 @@ class TaskOutput:
         overlay: ``hxwx3`` uint8 RGB render with contours, labels and legend.
         table: one row per segment with pixels, largest first: ``[name, score or None,
             area % of the image]``. Segments without pixels stay in the JSON only.
-        label_map_png: full-resolution label map: class ids for semantic; segment ids
-            for instance/panoptic (0 = no segment). 8-bit grey PNG, 16-bit if ids exceed 255.
-        segments_json: :meth:`SegmentationResult.to_json` plus the model id.
+        label_map_png: ``TASK_labels.png``, written by :mod:`segdemo.result_files` (the
+            CLI's writer): full-resolution class ids for semantic, segment ids for
+            instance/panoptic (0 = no segment); 8-bit grey, 16-bit when ids exceed 255.
+        segments_json: ``TASK_segments.json``, the same writer's segment list.
         result: the full-resolution result.
     """
 
@@ -116,16 +128,60 @@ class TaskOutput:
     result: SegmentationResult = field(repr=False)
 
 
+def allow_any_model() -> bool:
+    """The operator's ``SEGDEMO_ALLOW_ANY_MODEL=1``: callers may pick any checkpoint folder
+    or hub id, not only the listed models. Read per request."""
+    return os.environ.get("SEGDEMO_ALLOW_ANY_MODEL", "").strip().lower() in {"1", "true", "yes"}
+
+
 def model_choices(task: Task | str) -> list[tuple[str, str]]:
     """``[(title, model_id)]`` for a model dropdown: registry models for ``task`` and
     the local checkpoints found at start-up that support it."""
     return [(spec.title, spec.id) for spec in registry.models_for_task(Task.parse(task))]
 
 
+def default_model(task: Task | str) -> ModelSpec | None:
+    """The model a UI preselects for ``task``.
+
+    On a Space (:func:`segdemo.hub.prefers_hub`): the first curated model for the task.
+    Elsewhere: the shipped checkpoint for the task (:data:`segdemo.registry.EMBEDDED_DEFAULTS`:
+    the CamVid semantic model for semantic, the CamVid panoptic model for instance and
+    panoptic) when present, else the first model available offline, else (unless
+    ``HF_HUB_OFFLINE``) the first curated one, else ``None``. Sends no request.
+    """
+    task = Task.parse(task)
+    candidates = registry.models_for_task(task)
+    if hub.prefers_hub():
+        curated = [s for s in candidates if s.source == "hub"]
+        return (curated or candidates or [None])[0]
+    embedded = [s for s in candidates if s.id == registry.EMBEDDED_DEFAULTS.get(task)]
+    if embedded:
+        return embedded[0]
+    offline = next((s for s in candidates if hub.is_available_offline(s)), None)
+    if offline is not None or hub.offline():
+        return offline
+    return next((s for s in candidates if s.source == "hub"), None)
+
+
 def default_model_id(task: Task | str) -> str | None:
     """The model a dropdown starts on, or ``None`` when no model for ``task`` is available."""
-    spec = registry.default_model(Task.parse(task))
+    spec = default_model(task)
     return spec.id if spec is not None else None
+
+
+def start_thresholds(model_id: str | None) -> tuple[Thresholds, bool]:
+    """The thresholds a UI starts from for ``model_id``, and whether the model recommends them.
+
+    A model's ``segdemo.json`` may recommend thresholds; otherwise, and for an empty or
+    unknown id, :data:`segdemo.thresholds.DEFAULT_THRESHOLDS`. Loads nothing.
+    """
+    if not model_id:
+        return DEFAULT_THRESHOLDS, False
+    try:
+        spec = registry.get_spec(model_id, allow_any=allow_any_model())
+    except SegdemoError:  # the request itself will say what is wrong with the id
+        return DEFAULT_THRESHOLDS, False
+    return spec.thresholds(), spec.recommended_thresholds is not None
 
 
 def run_task(
@@ -151,31 +207,26 @@ def run_task(
         name: what to call the image in error messages (default: the path's file name).
 
     Raises:
-        One of :data:`USER_ERRORS` for anything the caller can fix.
+        :class:`segdemo.errors.SegdemoError` (one line) for anything the caller can fix.
     """
     task = _parse_task(task)
     report = progress or _no_progress
+    if name is None and isinstance(image, (str, os.PathLike)):
+        name = Path(image).name
     picture = _read_image(image, name)
-    spec = _check_model(model_id, task)
+    allow_any = allow_any_model()
+    spec = _check_model(model_id, task, allow_any)
     report(0.1, f"Loading {spec.title}")
-    loaded = load_model(spec.id)
-    loaded.check_task(
-        task
-    )  # a hub id the operator allowed is only known to be universal once loaded
+    loaded = load_model(spec.id, allow_any=allow_any)
     report(0.4, f"Running {task.value} segmentation")
+    # segment() checks the task against the loaded model: a hub id the operator allowed
+    # is only known to be universal once loaded
     result = segment(
-        loaded,
-        picture,
-        task,
-        threshold=options.threshold,
-        mask_threshold=options.mask_threshold,
-        overlap_mask_area_threshold=options.overlap_mask_area_threshold,
-        label_ids_to_fuse=None,
-        max_size=None,
+        loaded, picture, task, **options.thresholds.as_kwargs(), label_ids_to_fuse=None
     )
     report(0.9, "Rendering")
     palette = palettes.palette_for(spec.palette, loaded.id2label)
-    return _present(picture, result, palette, spec.id, options.alpha, Path(out_dir))
+    return _present(picture, result, palette, spec.id, options.alpha, Path(out_dir), name)
 
 
 def run_compare(
@@ -186,6 +237,7 @@ def run_compare(
     progress: Progress | None = None,
     *,
     name: str | None = None,
+    recommended_thresholds: bool = False,
 ) -> dict[Task, TaskOutput | str]:
     """One image through every task in ``model_ids``, for side-by-side display.
 
@@ -193,10 +245,18 @@ def run_compare(
     (``str``) in place of its output, so one unavailable model does not sink the
     comparison. A bad image still raises, since no task could run.
 
+    Args:
+        recommended_thresholds: run each task with its model's recommended thresholds
+            (:meth:`segdemo.registry.ModelSpec.thresholds`) instead of those in
+            ``options``; only ``options.alpha`` then applies. The app's Compare tab has
+            no threshold sliders and sets this.
+
     Returns:
         ``{task: TaskOutput or note}`` in the order of ``model_ids``.
     """
     report = progress or _no_progress
+    if name is None and isinstance(image, (str, os.PathLike)):
+        name = Path(image).name
     picture = _read_image(image, name)
     outputs: dict[Task, TaskOutput | str] = {}
     for index, (task, model_id) in enumerate(model_ids.items()):
@@ -208,15 +268,20 @@ def run_compare(
         task_dir = Path(out_dir) / task.value
         task_dir.mkdir(parents=True, exist_ok=True)
         try:
+            task_options = options
+            if recommended_thresholds:
+                spec = registry.get_spec(model_id, allow_any=allow_any_model())
+                task_options = options.with_thresholds(spec.thresholds())
             outputs[task] = run_task(
                 picture,
                 model_id,
                 task,
-                options,
+                task_options,
                 task_dir,
                 lambda f, d, s=start, w=span: report(s + f * w, d),
+                name=name,
             )
-        except (ModelNotAllowedError, ModelLoadError, UnsupportedTaskError) as err:
+        except _MODEL_ERRORS as err:
             outputs[task] = str(err)
     return outputs
 
@@ -253,16 +318,15 @@ def _parse_task(task: Task | str) -> Task:
 def _read_image(image, name: str | None) -> Image.Image:
     if image is None or (isinstance(image, str) and not image):
         raise RequestError("no image given; upload an image or pick an example")
-    if name is None and isinstance(image, (str, os.PathLike)):
-        name = Path(image).name
     return load_image(image, name)
 
 
-def _check_model(model_id: str | None, task: Task) -> registry.ModelSpec:
+def _check_model(model_id: str | None, task: Task, allow_any: bool) -> ModelSpec:
+    """The spec of ``model_id``, refused before anything loads if it cannot do ``task``."""
     if not model_id:
         raise RequestError(f"no model selected; pick a {task.value} model from the list")
-    spec = registry.get_spec(model_id)
-    registry.require_task(spec.title, spec.tasks, task)
+    spec = registry.get_spec(model_id, allow_any=allow_any)
+    spec.require(task)
     return spec
 
 
@@ -283,11 +347,11 @@ def _present(
     model_id: str,
     alpha: float,
     out_dir: Path,
+    image_name: str | None,
 ) -> TaskOutput:
-    label_map_png = out_dir / f"{result.task.value}_label_map.png"
-    _save_label_map(result.label_map, label_map_png)
-    segments_json = out_dir / f"{result.task.value}_segments.json"
-    segments_json.write_text(json.dumps({"model": model_id} | result.to_json(), indent=1))
+    files = write_result_files(
+        out_dir, result.task.value, result, model_id=model_id, image_name=image_name
+    )
 
     shown_image, shown = _display_size(picture, result)
     colors = render.segment_colors(shown, palette)
@@ -320,8 +384,8 @@ def _present(
         color_map=color_map,
         overlay=overlay,
         table=table,
-        label_map_png=label_map_png,
-        segments_json=segments_json,
+        label_map_png=files.labels,
+        segments_json=files.segments,
         result=result,
     )
 
@@ -367,14 +431,3 @@ def _display_size(
         if s.id in stats
     ]
     return image, replace(result, label_map=label_map, segments=segments)
-
-
-def _save_label_map(label_map: np.ndarray, path: Path) -> None:
-    """8-bit grey PNG when every id fits, else 16-bit (ids above 65535 are refused)."""
-    top = int(label_map.max()) if label_map.size else 0
-    if top <= 255:
-        Image.fromarray(label_map.astype(np.uint8)).save(path)
-    elif top <= 65535:
-        Image.fromarray(label_map.astype(np.uint16)).save(path)
-    else:
-        raise RequestError(f"label map holds id {top}, too large for a PNG download")

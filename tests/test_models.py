@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from segdemo import models, registry
+from segdemo import hub, models, registry, service
 from segdemo.models import ModelLoadError, UnsupportedTaskError, load_model
 from segdemo.registry import ModelNotAllowedError
 from segdemo.result import Task
@@ -122,15 +122,16 @@ def test_get_spec_refuses_unlisted_ids(checkpoints, model_id):
 
 def test_get_spec_allows_any_model_when_the_operator_says_so(checkpoints, monkeypatch):
     monkeypatch.setenv("SEGDEMO_ALLOW_ANY_MODEL", "1")
-    assert registry.get_spec("someone/else").source == "hub"
-    path_spec = registry.get_spec(str(checkpoints / "m2f"))
+    allow_any = service.allow_any_model()
+    assert registry.get_spec("someone/else", allow_any=allow_any).source == "hub"
+    path_spec = registry.get_spec(str(checkpoints / "m2f"), allow_any=allow_any)
     assert path_spec.source == "local" and Task.PANOPTIC in path_spec.tasks
 
 
 def test_offline_hub_is_unreachable_at_once():
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # tests/conftest.py
     start = time.perf_counter()
-    assert registry.hub_reachable() is False
+    assert hub.reachable() is False
     assert time.perf_counter() - start < 0.1
 
 
@@ -155,14 +156,14 @@ def test_default_model_offline(checkpoints, present, task, expected):
     for folder in checkpoints.iterdir():
         if folder.name not in present:
             shutil.rmtree(folder)
-    spec = registry.default_model(task)
+    spec = service.default_model(task)
     assert (spec.id if spec else None) == expected
 
 
 def test_curated_hub_models_are_not_offline_without_cache(checkpoints):
     spec = registry.get_spec("nvidia/segformer-b0-finetuned-ade-512-512")
-    assert registry.is_available_offline(spec) is False
-    assert registry.is_available_offline(registry.get_spec("local/seg")) is True
+    assert hub.is_available_offline(spec) is False
+    assert hub.is_available_offline(registry.get_spec("local/seg")) is True
 
 
 # --------------------------------------------------------------------------- loading and cache
@@ -255,11 +256,11 @@ def test_retrained_local_checkpoint_is_reloaded(checkpoints, tiny):
 
 HUB_SCRIPT = """
 import json, sys, time
-from segdemo import registry
+from segdemo import hub, registry
 from segdemo.models import ModelLoadError, load_model
 out = {}
 spec = registry.get_spec(sys.argv[1])
-out["offline_before"] = registry.is_available_offline(spec)
+out["offline_before"] = hub.is_available_offline(spec)
 loaded = load_model(sys.argv[1])
 out["model_type"] = loaded.model_type
 out["folder_in_cache"] = str(loaded.model.name_or_path)
@@ -347,5 +348,5 @@ def test_default_model_never_probes_the_hub(checkpoints, monkeypatch, env, expec
     monkeypatch.delenv("SEGDEMO_PREFER_HUB", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(registry, "_probe", lambda: pytest.fail("default_model sent a request"))
-    assert registry.default_model(Task.SEMANTIC).id == expected
+    monkeypatch.setattr(hub, "_probe", lambda: pytest.fail("default_model sent a request"))
+    assert service.default_model(Task.SEMANTIC).id == expected

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdemo import service
-from segdemo.images import ImageError
-from segdemo.models import ModelLoadError, UnsupportedTaskError
+from segdemo import result_files, service
+from segdemo.images import ImageError, load_image
+from segdemo.models import ModelLoadError, UnsupportedTaskError, load_model
 from segdemo.registry import ModelNotAllowedError
 from segdemo.result import Segment, SegmentationResult, Task
+from segdemo.segment import segment
 from tests.builders import DEFAULT_ID2LABEL, build_tiny
 
 SEMANTIC_ID = "local/tiny-segformer"
@@ -105,6 +106,36 @@ def test_run_task_outputs_agree(checkpoints, photo, tmp_path, task, model_id, op
     assert output.model_id == model_id
     assert output.result.segments, "the tiny model should produce at least one segment here"
     _check_output(output, task, photo.size, options.alpha)
+
+
+@pytest.mark.parametrize(
+    "task, model_id, options",
+    [
+        (Task.SEMANTIC, SEMANTIC_ID, service.Options()),
+        (Task.INSTANCE, UNIVERSAL_ID, LOW),
+        (Task.PANOPTIC, UNIVERSAL_ID, LOW),
+    ],
+)
+def test_run_task_equals_segment_on_the_same_image_and_model(
+    checkpoints, photo, tmp_path, task, model_id, options
+):
+    """What the app shows and downloads is ``segment()``'s result, not a variant of it:
+    the label map, the saved PNG and the segments match a direct call on the same upload."""
+    upload = tmp_path / "upload.png"
+    photo.save(upload)
+    output = service.run_task(str(upload), model_id, task, options, tmp_path / "out")
+    expected = segment(
+        load_model(model_id), load_image(upload), task, **options.thresholds.as_kwargs()
+    )
+    # a comparison worth making: at least two classes / two non-empty segments
+    if task is Task.SEMANTIC:
+        assert len(np.unique(expected.label_map)) >= 2
+    else:
+        assert sum(s.area > 0 for s in expected.segments) >= 2
+    np.testing.assert_array_equal(output.result.label_map, expected.label_map)
+    assert output.result.segments == expected.segments
+    with Image.open(output.label_map_png) as saved:
+        np.testing.assert_array_equal(np.asarray(saved), expected.label_map)
 
 
 def test_run_task_reads_uploaded_files_and_reports_progress(checkpoints, photo, tmp_path):
@@ -239,7 +270,7 @@ def test_segment_names_are_unique_and_numbered_by_size(segments, expected):
 def test_label_map_png_round_trips(tmp_path, top, mode):
     label_map = np.array([[0, top], [top // 2, 1]], np.int32)
     path = tmp_path / "map.png"
-    service._save_label_map(label_map, path)
+    result_files.save_label_map(label_map, path)
     with Image.open(path) as saved:
         assert saved.mode == mode
         np.testing.assert_array_equal(np.asarray(saved), label_map)
