@@ -50,7 +50,9 @@ def add_predict_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
         required=True,
         help="model id (see `python -m segdemo models`), checkpoint folder, or hub id",
     )
-    parser.add_argument("--task", required=True, choices=[t.value for t in Task])
+    parser.add_argument(
+        "--task", required=True, choices=[t.value for t in Task], help="what to segment"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--alpha", type=_unit_float, default=0.5, help="overlay opacity 0..1 (0.5)")
     recommended = "the model's recommended value, else"

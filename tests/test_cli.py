@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import shutil
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from PIL import Image
 
 from segdemo import models
-from segdemo.__main__ import main
+from segdemo.__main__ import build_parser, main
 from tests.builders import build_tiny
 
 MANY_LABELS = {i: f"class_{i}" for i in range(300)}
@@ -146,3 +148,47 @@ def test_models_lists_registry_with_offline_availability(env, capsys):
     assert main(["models"]) == 0
     table = capsys.readouterr().out
     assert "local/seg" in table and "semantic" in table
+
+
+def test_predict_takes_a_checkpoint_folder_without_any_env_var(env, sources, monkeypatch):
+    """The person at the command line is the operator: no SEGDEMO_ALLOW_ANY_MODEL needed."""
+    monkeypatch.delenv("SEGDEMO_ALLOW_ANY_MODEL", raising=False)
+    folder = env / "elsewhere" / "mine"  # outside the checkpoints folder
+    shutil.copytree(sources["seg"], folder)
+    code, out = _predict(
+        env, str(env / "images" / "a.png"), "--model", str(folder), "--task", "semantic"
+    )
+    assert code == 0 and (out / "a_labels.png").is_file()
+    summary = json.loads((out / "a_segments.json").read_text())
+    assert summary["model"] == str(folder)
+    assert "SEGDEMO_ALLOW_ANY_MODEL" not in os.environ  # nothing set behind the caller's back
+
+
+def test_evaluate_takes_a_checkpoint_folder_and_sets_no_env_var(env, tmp_path, monkeypatch):
+    from tests.test_evaluate import ID2LABEL, VOID, write_dataset
+
+    monkeypatch.delenv("SEGDEMO_ALLOW_ANY_MODEL", raising=False)
+    write_dataset(tmp_path / "data", n=1, size=(24, 32))
+    model = build_tiny("segformer", tmp_path / "model", id2label=ID2LABEL, image_size=32)
+    args = ["--model", str(model), "--data-dir", str(tmp_path / "data")]
+    args += ["--ignore-index", str(VOID), "--out", str(tmp_path / "m.json")]
+    assert main(["evaluate", *args]) == 0
+    assert "SEGDEMO_ALLOW_ANY_MODEL" not in os.environ
+
+
+def _subcommand_parsers(parser: argparse.ArgumentParser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _subcommand_parsers(sub, (*prefix, name))
+
+
+def test_every_option_of_every_command_has_help():
+    missing = [
+        f"{' '.join(command)} {action.option_strings or action.dest}"
+        for command, parser in _subcommand_parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert missing == []
