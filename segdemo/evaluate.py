@@ -15,6 +15,9 @@ The JSON written to ``--out`` holds ``mean_iou``, ``mean_accuracy``,
 ``overall_accuracy``, ``per_category_iou`` and ``per_category_accuracy`` (objects keyed
 by class name; ``null`` for a class absent from both predictions and references) and
 an ``evaluation`` object recording what was scored.
+
+``--task instance|panoptic`` scores COCO folders instead (mask AP / PQ, SQ, RQ):
+:mod:`segdemo.evaluate_universal`.
 """
 
 from __future__ import annotations
@@ -41,9 +44,14 @@ from segdemo.data import (
 from segdemo.images import ImageError, load_image
 from segdemo.labels import IGNORE_INDEX, to_train_ids
 from segdemo.metrics import ConfusionMatrix, MetricInputError
+from segdemo.thresholds import DEFAULT_THRESHOLDS
 
 LABELS_SUFFIX = "_labels.png"
 """``predict`` writes the label map of ``NAME.jpg`` as ``NAME_labels.png``."""
+
+
+UNIVERSAL_FLAGS = ("threshold", "mask_threshold", "overlap_mask_area_threshold")
+"""``args`` attributes that only instance/panoptic evaluation reads."""
 
 
 class EvaluateError(ValueError):
@@ -282,6 +290,24 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument(
         "--max-size", type=int, default=None, help="cap on the model input's longest side"
     )
+    parser.add_argument(
+        "--task",
+        choices=("semantic", "instance", "panoptic"),
+        default="semantic",
+        help="semantic: mIoU on DIR/SPLIT/annotations; panoptic: PQ, instance: COCO mask AP "
+        "on a COCO folder (DIR/val/panoptic.json or instances.json)",
+    )
+    for flag, default in (
+        ("--threshold", DEFAULT_THRESHOLDS.threshold),
+        ("--mask-threshold", DEFAULT_THRESHOLDS.mask_threshold),
+        ("--overlap-mask-area-threshold", DEFAULT_THRESHOLDS.overlap_mask_area_threshold),
+    ):
+        parser.add_argument(
+            flag,
+            type=float,
+            default=None,
+            help=f"instance/panoptic --model post-processing (default: the model's, else {default})",
+        )
     parser.set_defaults(run=run)
     return parser
 
@@ -293,7 +319,13 @@ def run(args: argparse.Namespace) -> int:
     except _expected_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(format_table(report))
+    task = getattr(args, "task", "semantic")
+    if task == "semantic":
+        print(format_table(report))
+    else:
+        from segdemo.evaluate_universal import format_table as format_universal
+
+        print(format_universal(report, task))
     print(f"wrote {args.out}")
     return 0
 
@@ -307,6 +339,15 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 
 
 def _run(args: argparse.Namespace) -> dict:
+    if getattr(args, "task", "semantic") != "semantic":
+        from segdemo.evaluate_universal import run_universal
+
+        return run_universal(args)
+    if any(getattr(args, k, None) is not None for k in UNIVERSAL_FLAGS):
+        raise EvaluateError(
+            "--threshold, --mask-threshold and --overlap-mask-area-threshold apply to "
+            "--task instance|panoptic"
+        )
     root = Path(args.data_dir)
     if not root.is_dir():
         raise EvaluateError(
