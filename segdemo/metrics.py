@@ -27,15 +27,14 @@ is its ``N x N`` class part.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
 
 from segdemo.errors import SegdemoError
-from segdemo.labels import IGNORE_INDEX, to_train_ids
+from segdemo.labels import IGNORE_INDEX
 
-__all__ = ["ConfusionMatrix", "MetricInputError", "confusion_matrix", "mean_iou"]
+__all__ = ["ConfusionMatrix", "MetricInputError"]
 
 # Maps whose values all lie in 0..255 are counted as raw (reference, prediction)
 # byte pairs: one integer key and one bincount per pixel, with no per-pixel
@@ -129,8 +128,8 @@ class ConfusionMatrix:
     Update with pairs of label maps (NumPy arrays or torch tensors on any device,
     any integer dtype, same shape: ``HxW`` or ``NxHxW``). References must already
     be training ids (see :func:`segdemo.labels.to_train_ids`). Merge the matrices
-    of several workers with :meth:`merge`, ``+=``, or by summing :attr:`counts`
-    (e.g. an all-reduce) and :meth:`from_counts`.
+    of several workers by summing their :attr:`counts` (e.g. an all-reduce) and
+    :meth:`from_counts`.
     """
 
     def __init__(self, num_labels: int, ignore_index: int = IGNORE_INDEX) -> None:
@@ -204,24 +203,6 @@ class ConfusionMatrix:
     def _flush(self) -> None:
         for raw in self._pending.values():
             self._counts += self._fold(raw if isinstance(raw, np.ndarray) else raw.cpu().numpy())
-        self._pending.clear()
-
-    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        """Add ``other``'s counts to this matrix (in place) and return it."""
-        if (other.num_labels, other.ignore_index) != (self.num_labels, self.ignore_index):
-            raise MetricInputError(
-                f"cannot merge a ConfusionMatrix of {other.num_labels} labels / ignore {other.ignore_index} "
-                f"into one of {self.num_labels} labels / ignore {self.ignore_index}; use the same settings"
-            )
-        self._counts += other.counts
-        return self
-
-    def __iadd__(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        return self.merge(other)
-
-    def reset(self) -> None:
-        """Forget all counts."""
-        self._counts[:] = 0
         self._pending.clear()
 
     # -- results ------------------------------------------------------------------
@@ -299,68 +280,3 @@ class ConfusionMatrix:
                 "per_category_iou": iou,
                 "per_category_accuracy": acc,
             }
-
-
-def confusion_matrix(
-    pred: np.ndarray | torch.Tensor,
-    ref: np.ndarray | torch.Tensor,
-    num_labels: int,
-    ignore_index: int = IGNORE_INDEX,
-) -> np.ndarray:
-    """``NxN`` ``int64`` confusion matrix of one pair (rows = reference, cols = prediction).
-
-    Out-of-range values and ``ignore_index`` references are left out; use
-    :class:`ConfusionMatrix` for metrics, which keeps the out-of-range counts.
-    """
-    cm = ConfusionMatrix(num_labels, ignore_index)
-    cm.update(pred, ref)
-    return cm.matrix
-
-
-def mean_iou(
-    predictions: Iterable[np.ndarray | torch.Tensor],
-    references: Iterable[np.ndarray | torch.Tensor],
-    num_labels: int,
-    ignore_index: int = IGNORE_INDEX,
-    nan_to_num: float | None = None,
-    label_map: Mapping[int, int] | None = None,
-    reduce_labels: bool = False,
-) -> dict:
-    """Drop-in for evaluate's ``mean_iou.compute`` on lists of ``HxW`` maps.
-
-    Args:
-        predictions: predicted class ids per image.
-        references: *raw* reference maps per image (sizes may differ between
-            images, not within a pair).
-        num_labels: number of classes.
-        ignore_index: reference value (after ``label_map``/``reduce_labels``) to drop.
-        nan_to_num: if given, NaN values in the result are replaced by it.
-        label_map: ``{old: new}`` applied to references first (all keys look at the
-            original values).
-        reduce_labels: ADE20K convention, references only: 0 -> 255, ``v`` -> ``v - 1``.
-
-    Returns:
-        The dict of :meth:`ConfusionMatrix.compute`.
-    """
-    cm = ConfusionMatrix(num_labels, ignore_index)
-    predictions, references = list(predictions), list(references)
-    if len(predictions) != len(references):
-        raise MetricInputError(
-            f"got {len(predictions)} predictions but {len(references)} references; pass one per image"
-        )
-    for pred, ref in zip(predictions, references, strict=True):
-        if label_map or reduce_labels:
-            ref = np.asarray(ref.cpu() if isinstance(ref, torch.Tensor) else ref)
-            if label_map:
-                mapped = ref.astype(np.int64, copy=True)
-                for old, new in label_map.items():
-                    mapped[ref == old] = new
-                ref = mapped
-            if reduce_labels:
-                ref = to_train_ids(ref, reduce_labels=True)
-        cm.update(pred, ref)
-    metrics = cm.compute()
-    if nan_to_num is not None:
-        metrics = {k: np.nan_to_num(v, nan=nan_to_num) for k, v in metrics.items()}
-        metrics = {k: float(v) if np.ndim(v) == 0 else v for k, v in metrics.items()}
-    return metrics

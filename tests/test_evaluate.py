@@ -13,7 +13,7 @@ from PIL import Image
 
 from segdemo.evaluate import EvaluateError, add_evaluate_command, evaluate_folder, saved_predictor
 from segdemo.labels import IGNORE_INDEX, to_train_ids
-from segdemo.metrics import mean_iou
+from tests.metric_helpers import mean_iou
 
 ID2LABEL = {0: "sky", 1: "road", 2: "car", 3: "person"}
 VOID = 9  # raw "void" value of the synthetic annotations (like CamVid's 11)
