@@ -192,3 +192,10 @@ def test_every_option_of_every_command_has_help():
         if not isinstance(action, argparse._SubParsersAction) and not action.help
     ]
     assert missing == []
+
+
+def test_convert_is_a_subcommand(tmp_path, capsys):
+    args = ["convert", "semantic-to-panoptic", "--data-dir", str(tmp_path / "absent")]
+    code = main([*args, "--things", "car", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
