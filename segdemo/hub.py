@@ -27,9 +27,11 @@ from segdemo.checkpoint import (
     SAFETENSORS_FILES,
     TOKENIZER_FILES,
     CheckpointError,
+    is_checkpoint,
     oneformer_image_processor_config,
     read_config,
 )
+from segdemo.registry import looks_like_hub_id
 
 if TYPE_CHECKING:
     from segdemo.registry import ModelSpec
@@ -168,16 +170,9 @@ def cached_snapshot(repo_id: str) -> Path | None:
 
 def is_available_offline(spec: ModelSpec) -> bool:
     """True if ``spec`` loads without network: a local checkpoint, or complete in the HF cache."""
-    from segdemo.checkpoint import is_checkpoint
-
     if spec.source == "local":
         return spec.path is not None and is_checkpoint(spec.path)
     return cached_snapshot(spec.id) is not None
-
-
-def looks_like_hub_id(name: str) -> bool:
-    """``org/name`` shape (not ``local/...``): worth asking the hub cache about."""
-    return not name.startswith("local/") and name.count("/") == 1 and "" not in name.split("/")
 
 
 # --------------------------------------------------------------------------- the resolver

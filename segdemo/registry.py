@@ -62,6 +62,12 @@ LOCAL_PREFIX = "local/"
 SPEC_FILE = "segdemo.json"
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """``org/name`` shape, and not a ``local/...`` id: worth asking the hub (cache) about."""
+    parts = name.split("/")
+    return not name.startswith(LOCAL_PREFIX) and len(parts) == 2 and all(parts)
+
+
 def tasks_for_model_type(kind: str) -> tuple[Task, ...]:
     """The tasks a ``config.model_type`` can do: all three for Mask2Former, MaskFormer and
     OneFormer, semantic for the rest. The one place this is decided."""
@@ -307,7 +313,7 @@ def get_spec(model_id: str, *, allow_any: bool = False) -> ModelSpec:
             return local_spec(path, model_id)
         except CheckpointError as err:  # e.g. an unsupported architecture: one line, not a crash
             raise ModelNotAllowedError(str(err)) from None
-    if model_id.startswith(LOCAL_PREFIX) or model_id.count("/") != 1:
+    if not looks_like_hub_id(model_id):
         raise ModelNotAllowedError(
             f"model {model_id!r} is neither a checkpoint folder nor a hub id (org/name); check the name"
         )
