@@ -60,6 +60,9 @@ def build_tiny(
     model, processor = _BUILDERS[family](id2label, image_size, out)
     _diversify(model, len(id2label), universal=family in UNIVERSAL_FAMILIES)
     model.eval()
+    _wake_batch_norms(model)
+    if family in UNIVERSAL_FAMILIES:
+        _spread_masks(model, processor, image_size)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
@@ -118,6 +121,66 @@ def _diversify(model: torch.nn.Module, num_labels: int, universal: bool) -> None
                 module.bias.zero_()
                 if universal:
                     module.bias[-1] = -4.0
+
+
+def _wake_batch_norms(model: torch.nn.Module) -> None:
+    """Batch norms initialised with weights ~N(0, 0.02) (MobileViT) scale every activation
+    by ~0.02 per layer, so the logits underflow to 0 and one class wins everywhere: give
+    those the usual weight 1."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d) and module.weight.abs().max() < 0.1:
+                module.weight.fill_(1.0)
+
+
+def _spread_masks(model: torch.nn.Module, processor, image_size: int) -> None:
+    """Give a random universal model distinct queries and masks that vary over the image.
+
+    At default init (1) MaskFormer's and OneFormer's query embeddings are ~N(0, 0.02), so
+    every query attends alike and predicts the same class and mask; (2) the per-pixel mask
+    features have a large mean, so each mask logit is nearly constant (every mask on, or
+    every mask off, everywhere). Then semantic answers are one class and panoptic one
+    segment, and a parity test compares almost nothing. Fix: redraw tiny query embeddings
+    at a scale where attention differs per query, centre the mask features (the bias of
+    ``mask_projection``) on a fixed noise image, and scale the mask embedding's last layer
+    so the mask logits vary by about 3 over that image.
+    """
+    generator = torch.Generator().manual_seed(4321)
+    calibration = torch.Generator().manual_seed(7)
+    pixels = torch.randint(0, 256, (image_size, image_size, 3), generator=calibration)
+    from PIL import Image
+
+    image = Image.fromarray(pixels.to(torch.uint8).numpy())
+    if hasattr(processor, "tokenizer"):  # OneFormer: the task is an input
+        inputs = processor(images=image, task_inputs=["panoptic"], return_tensors="pt")
+    else:
+        inputs = processor(images=image, return_tensors="pt")
+    num_queries = model.config.num_queries
+    with torch.no_grad():
+        for module in model.modules():
+            if (
+                isinstance(module, torch.nn.Embedding)
+                and module.num_embeddings == num_queries
+                and module.weight.std() < 0.5
+            ):
+                module.weight.copy_(50.0 * torch.randn(module.weight.shape, generator=generator))
+        projection = model.model.pixel_level_module.decoder.mask_projection
+        means = []
+        hook = projection.register_forward_hook(
+            lambda module, args, output: means.append(output.mean((0, 2, 3)))
+        )
+        try:
+            model(**inputs)
+        finally:
+            hook.remove()
+        projection.bias.sub_(means[0])
+        spread = model(**inputs).masks_queries_logits.std((2, 3)).mean()
+        embedder = next(
+            m for n, m in model.named_modules() if n.endswith(("mask_embedder", "mask_embed"))
+        )
+        last = [layer for layer in embedder.modules() if isinstance(layer, torch.nn.Linear)][-1]
+        last.weight.mul_(3.0 / spread)
+        last.bias.mul_(3.0 / spread)
 
 
 def _label_kwargs(id2label: dict[int, str]) -> dict:
