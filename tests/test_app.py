@@ -140,6 +140,36 @@ def test_task_endpoints(launched, photo, api_name, args):
     _check_task_outputs(outputs, api_name.strip("/"), args[-1])
 
 
+@pytest.mark.parametrize(
+    "api_name, model_id, thresholds",
+    [
+        ("/semantic", SEMANTIC_ID, ()),
+        ("/instance", UNIVERSAL_ID, (0.0, 0.0, 0.0)),  # score, mask, overlap thresholds
+        ("/panoptic", UNIVERSAL_ID, (0.0, 0.0, 0.0)),
+    ],
+)
+def test_downloaded_label_map_equals_segment(launched, photo, api_name, model_id, thresholds):
+    """The label map a caller downloads is ``segment()`` on the same upload and model."""
+    from segdemo.images import load_image
+    from segdemo.models import load_model
+    from segdemo.segment import segment
+
+    _, client, _ = launched
+    outputs = client.predict(handle_file(photo), model_id, *thresholds, 0.5, api_name=api_name)
+    names = ("threshold", "mask_threshold", "overlap_mask_area_threshold")
+    expected = segment(
+        load_model(model_id),
+        load_image(photo),
+        api_name.strip("/"),
+        **dict(zip(names, thresholds, strict=False)),
+    )
+    # a comparison worth making: at least two classes / two non-empty segments (0 = none)
+    present = set(np.unique(expected.label_map)) - ({0} if api_name != "/semantic" else set())
+    assert len(present) >= 2
+    with Image.open(outputs[3]) as downloaded:
+        np.testing.assert_array_equal(np.asarray(downloaded), expected.label_map)
+
+
 def test_compare_endpoint_notes_a_missing_model(launched, photo):
     _, client, _ = launched
     sem, sem_note, inst, inst_note, pan, pan_note = client.predict(

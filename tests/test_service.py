@@ -123,7 +123,7 @@ def test_run_task_equals_segment_on_the_same_image_and_model(
     the label map, the saved PNG and the segments match a direct call on the same upload."""
     upload = tmp_path / "upload.png"
     photo.save(upload)
-    output = service.run_task(str(upload), model_id, task, options, tmp_path / "out")
+    output = service.run_task(str(upload), model_id, task, options, tmp_path)
     expected = segment(
         load_model(model_id), load_image(upload), task, **options.thresholds.as_kwargs()
     )
