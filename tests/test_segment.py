@@ -3,6 +3,7 @@ family and task, on tiny random-init models (thresholds 0 so they emit segments)
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import types
 
@@ -118,13 +119,42 @@ def test_semantic_models_see_several_classes(checkpoints, photo):
     assert len(result.segments) >= 2
 
 
-def test_default_thresholds_match_the_pipeline(checkpoints, photo):
-    loaded = load_model("local/mask2former")
-    expected = _pipeline(loaded)(photo, subtask="panoptic")  # pipeline defaults 0.9 / 0.5 / 0.5
-    result = segment(loaded, photo, Task.PANOPTIC)
+@pytest.mark.parametrize("task", [Task.INSTANCE, Task.PANOPTIC])
+def test_default_thresholds_match_the_pipeline(
+    checkpoints, photo, torchvision_free_oneformer, task
+):
+    """Neither side is given thresholds: each uses its own defaults (pipeline: 0.9 / 0.5 /
+    0.5). The tiny OneFormer scores some queries just above 0.9 on this photo, so there
+    are segments to compare, and a higher score threshold or other mask/overlap thresholds
+    change them (a lower score threshold need not: the next test reads the values)."""
+    loaded = load_model("local/oneformer")
+    expected = _pipeline(loaded)(photo, subtask=task.value)
+    result = segment(loaded, photo, task)
+    assert sum((np.asarray(e["mask"]) == 255).any() for e in expected) >= 2
     assert [(s.label, s.score) for s in result.segments] == [
         (e["label"], e["score"]) for e in expected
     ]
+    for seg, ref in zip(result.segments, expected, strict=True):
+        np.testing.assert_array_equal(result.mask(seg.id), np.asarray(ref["mask"]) == 255)
+
+
+def test_default_thresholds_are_the_pipelines_in_every_front_end():
+    """segdemo's defaults, wherever a caller meets them, are read against transformers'
+    own: the keyword defaults of ``ImageSegmentationPipeline.postprocess``."""
+    from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
+
+    from segdemo import service
+    from segdemo.thresholds import DEFAULT_THRESHOLDS
+
+    def threshold_defaults(function):
+        parameters = inspect.signature(function).parameters.items()
+        return {name: p.default for name, p in parameters if name.endswith("threshold")}
+
+    pipeline = threshold_defaults(ImageSegmentationPipeline.postprocess)
+    assert set(pipeline) == {"threshold", "mask_threshold", "overlap_mask_area_threshold"}
+    assert threshold_defaults(segment) == pipeline
+    assert DEFAULT_THRESHOLDS.as_kwargs() == pipeline
+    assert service.Options().thresholds.as_kwargs() == pipeline
 
 
 def test_segment_fields_agree_with_label_map(checkpoints, photo):
