@@ -10,7 +10,9 @@ pass and post-processing functions of the model's image processor. Semantic
 segmentation differs only in *how* the argmax of the bilinearly upsampled logits is
 computed (:mod:`segdemo.upsample`): only classes that can win a pixel are interpolated
 there, so the ``C x H x W`` logits at full resolution (7.2 GB for 150 classes at
-12 MP) never exist.
+12 MP) never exist. Instance and panoptic results come from :mod:`segdemo.universal_post`,
+the processors' post-processing reproduced in row bands: no ``queries x H x W`` masks
+(4.8 GB for 100 queries at 12 MP) either.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segdemo import oneformer_post
+from segdemo import universal_post
 from segdemo.images import load_image
 from segdemo.models import LoadedModel
 from segdemo.result import Segment, SegmentationResult, Task, region_stats, segments_from_label_map
@@ -91,17 +93,17 @@ def segment(
                 segments_from_label_map(label_map, loaded.id2label),
                 loaded.id2label,
             )
-        raw = _post_process_universal(
-            loaded,
+        label_map, infos = universal_post.post_process(
             outputs,
+            loaded.model_type,
             task,
+            target_size=target_size,
             threshold=threshold,
             mask_threshold=mask_threshold,
             overlap_mask_area_threshold=overlap_mask_area_threshold,
             label_ids_to_fuse=set(label_ids_to_fuse or ()),
-            target_size=target_size,
         )
-    return _to_result(loaded, task, raw, label_ids_to_fuse)
+    return _to_result(loaded, task, label_map, infos, label_ids_to_fuse)
 
 
 # --------------------------------------------------------------------------- model input
@@ -175,69 +177,23 @@ def capped_size(size: Any, image_hw: tuple[int, int], max_size: int) -> dict | N
 # --------------------------------------------------------------------------- instance / panoptic
 
 
-def _post_process_universal(
-    loaded: LoadedModel,
-    outputs: Any,
-    task: Task,
-    *,
-    threshold: float,
-    mask_threshold: float,
-    overlap_mask_area_threshold: float,
-    label_ids_to_fuse: set[int],
-    target_size: tuple[int, int],
-) -> dict:
-    """The processor's post_process_{instance,panoptic}_segmentation, called as the pipeline does."""
-    if loaded.model_type == "oneformer":
-        # the library's OneFormer version needs torchvision (NameError 'tvF' without it)
-        if task is Task.INSTANCE:
-            return oneformer_post.post_process_instance(
-                outputs, threshold, mask_threshold, overlap_mask_area_threshold, target_size
-            )
-        return oneformer_post.post_process_panoptic(
-            outputs,
-            threshold,
-            mask_threshold,
-            overlap_mask_area_threshold,
-            label_ids_to_fuse,
-            target_size,
-        )
-    processor = _image_processor(loaded)
-    common = {
-        "threshold": threshold,
-        "mask_threshold": mask_threshold,
-        "overlap_mask_area_threshold": overlap_mask_area_threshold,
-        "target_sizes": [target_size],
-    }
-    if task is Task.INSTANCE:
-        return processor.post_process_instance_segmentation(outputs, **common)[0]
-    return processor.post_process_panoptic_segmentation(
-        outputs, label_ids_to_fuse=label_ids_to_fuse, **common
-    )[0]
-
-
 def _to_result(
-    loaded: LoadedModel, task: Task, raw: dict, label_ids_to_fuse: set[int] | None
+    loaded: LoadedModel,
+    task: Task,
+    label_map: np.ndarray,
+    infos: list[dict],
+    label_ids_to_fuse: set[int] | None,
 ) -> SegmentationResult:
-    """Renumber the post-processor's segments ``1..n`` (it uses 0- or 1-based ids, -1 for none)."""
-    infos = raw["segments_info"]
-    segmentation = raw["segmentation"]
-    height, width = segmentation.shape[-2:]
-    label_map = np.zeros((height, width), dtype=np.int32)
-    if infos:
-        source = segmentation.to(torch.int64).cpu().numpy() + 1  # -1 (none) -> 0
-        lookup = np.zeros(int(source.max()) + 1, dtype=np.int32)
-        for new_id, info in enumerate(infos, start=1):
-            lookup[info["id"] + 1] = new_id
-        label_map = lookup[np.clip(source, 0, None)]
+    """Segments with areas and boxes for a label map of segment ids ``1..n`` (0 = none)."""
     stats = {value: (area, bbox) for value, area, bbox in region_stats(label_map)}
     thing_ids = _thing_ids(loaded)
     segments = []
-    for new_id, info in enumerate(infos, start=1):
-        area, bbox = stats.get(new_id, (0, (0, 0, 0, 0)))
+    for info in infos:
+        area, bbox = stats.get(info["id"], (0, (0, 0, 0, 0)))
         label_id = int(info["label_id"])
         segments.append(
             Segment(
-                id=new_id,
+                id=info["id"],
                 label=loaded.id2label.get(label_id, f"class_{label_id}"),
                 label_id=label_id,
                 score=float(info["score"]),
