@@ -511,14 +511,3 @@ def _find_class_info(folder: Path, repo_path: str | None, class_info_file: str) 
         except Exception:  # not cached: the caller decides whether that is fatal
             return None
     return None
-
-
-# --------------------------------------------------------------------------- transition
-
-
-def hub_snapshot(repo_id: str, *, local_files_only: bool, allow_pickle: bool = False) -> Path:
-    """Deprecated: call :func:`segdemo.hub.resolve_model_folder`. Kept only until train/
-    switches to it; raises huggingface_hub's errors as before."""
-    from segdemo import hub
-
-    return hub._snapshot(repo_id, local_files_only=local_files_only, allow_pickle=allow_pickle)

@@ -1,4 +1,4 @@
-"""Architecture presets: random-init semantic segmentation models for ``train/run.py --model NAME``.
+"""Architecture presets: random-init segmentation models for ``train/run.py --model NAME``.
 
 Used when no pretrained weights can be had (offline, or to train a small model from
 scratch). Every preset is a transformers model built from a config, so its checkpoint is
@@ -16,9 +16,22 @@ upernet-resnet-s    4.9 M   5.7            ResNet-18 at half width + UperNet
 upernet-convnext-n  5.6 M   5.7            ConvNeXt "nano" + UperNet
 ==================  ======  =============  ===================================
 
+Universal (instance / panoptic) preset, batch 8 at 192x256, same machine:
+
+====================  ======  ======  =============================================
+preset                params  s/step  notes
+====================  ======  ======  =============================================
+mask2former-resnet-s  4.4 M   ~2      Mask2Former on ``upernet-resnet-s``'s ResNet
+====================  ======  ======  =============================================
+
+(transformers warns that only Swin backbones are "supported" by Mask2Former; a ResNet
+backbone trains and runs, and its stages match ``upernet-resnet-s``'s, so
+``--init-backbone-from checkpoints/segdemo-camvid`` can start it warm.)
+
 (MobileNetV2/MobileViT + DeepLabV3 were 1.5-3x slower per step on CPU: depthwise and
-dilated convolutions; they are not offered.) All presets use the processor of
-:func:`make_processor`: resize to ``image_size``, ImageNet mean/std, RGB.
+dilated convolutions; they are not offered.) Semantic presets use the processor of
+:func:`make_processor`, universal ones that of :func:`make_universal_processor`: resize
+to ``image_size``, ImageNet mean/std, RGB.
 """
 
 from __future__ import annotations
@@ -44,6 +57,9 @@ class Preset:
     name: str
     description: str
     config: Callable[[int], Any]
+    universal: bool = (
+        False  # Mask2Former-style (instance + panoptic + semantic), else semantic only
+    )
 
 
 def _segformer(
@@ -63,23 +79,31 @@ def _segformer(
     return build
 
 
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
+
+
+def _resnet_s() -> Any:
+    """ResNet-18 layout at half width: BatchNorm CNNs learn fast from scratch."""
+    from transformers import ResNetConfig
+
+    return ResNetConfig(
+        layer_type="basic",
+        embedding_size=32,
+        hidden_sizes=[32, 64, 128, 256],
+        depths=[2, 2, 2, 2],
+        out_features=STAGES,
+    )
+
+
 def _upernet(backbone: str) -> Callable[[int], Any]:
     def build(num_labels: int) -> Any:
-        from transformers import ConvNextConfig, ResNetConfig, UperNetConfig
+        from transformers import ConvNextConfig, UperNetConfig
 
-        stages = ["stage1", "stage2", "stage3", "stage4"]
         if backbone == "resnet-s":
-            # ResNet-18 layout at half width: BatchNorm CNNs learn fast from scratch
-            backbone_config = ResNetConfig(
-                layer_type="basic",
-                embedding_size=32,
-                hidden_sizes=[32, 64, 128, 256],
-                depths=[2, 2, 2, 2],
-                out_features=stages,
-            )
+            backbone_config = _resnet_s()
         else:
             backbone_config = ConvNextConfig(
-                hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2], out_features=stages
+                hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2], out_features=STAGES
             )
         return UperNetConfig(
             num_labels=num_labels,
@@ -89,6 +113,27 @@ def _upernet(backbone: str) -> Callable[[int], Any]:
         )
 
     return build
+
+
+def _mask2former_resnet_s(num_labels: int) -> Any:
+    """Mask2Former at CPU size: 128-d pixel decoder (3 deformable layers) and transformer
+    decoder (4 layers, 4 heads), 50 queries, 3136 sampled points per mask in the loss."""
+    from transformers import Mask2FormerConfig
+
+    return Mask2FormerConfig(
+        backbone_config=_resnet_s(),
+        num_labels=num_labels,
+        num_queries=50,
+        hidden_dim=128,
+        mask_feature_size=128,
+        feature_size=128,
+        encoder_layers=3,
+        decoder_layers=4,
+        dim_feedforward=512,
+        encoder_feedforward_dim=512,
+        num_attention_heads=4,
+        train_num_points=3136,
+    )
 
 
 PRESETS: dict[str, Preset] = {
@@ -114,6 +159,12 @@ PRESETS: dict[str, Preset] = {
             "UperNet on a ConvNeXt-nano-like backbone (40/80/160/320), 5.6M params",
             _upernet("convnext-n"),
         ),
+        Preset(
+            "mask2former-resnet-s",
+            "Mask2Former on upernet-resnet-s's half-width ResNet-18, 50 queries, 4.4M params",
+            _mask2former_resnet_s,
+            universal=True,
+        ),
     )
 }
 
@@ -135,6 +186,26 @@ def make_processor(image_size: tuple[int, int]) -> Any:
     )
 
 
+def make_universal_processor(image_size: tuple[int, int], num_labels: int) -> Any:
+    """The image processor saved with universal presets (Mask2Former's): resize to
+    ``(height, width)``, ImageNet mean/std, RGB, padded to a multiple of 32 (choose sizes
+    divisible by 32 so no padding is added: transformers' post-processing resizes the padded
+    mask logits, so padding would shift the masks)."""
+    from transformers.models.mask2former.image_processing_pil_mask2former import (
+        Mask2FormerImageProcessorPil,
+    )
+
+    height, width = image_size
+    return Mask2FormerImageProcessorPil(
+        size={"height": int(height), "width": int(width)},
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_reduce_labels=False,
+        ignore_index=IGNORE_INDEX,
+        num_labels=num_labels,
+    )
+
+
 def build_preset(
     name: str, id2label: dict[int, str], image_size: tuple[int, int]
 ) -> tuple[Any, Any]:
@@ -146,23 +217,30 @@ def build_preset(
         image_size: ``(height, width)`` the processor resizes inputs to.
 
     Returns:
-        ``model`` in train mode, its loss ignoring :data:`~segdemo.labels.IGNORE_INDEX`;
-        ``processor`` from :func:`make_processor`. Seed torch first for reproducible weights.
+        ``model`` in train mode, its loss ignoring :data:`~segdemo.labels.IGNORE_INDEX`
+        (semantic presets); ``processor`` from :func:`make_processor` (semantic) or
+        :func:`make_universal_processor`. Seed torch first for reproducible weights.
 
     Raises:
         UnknownPresetError: ``name`` is not a preset.
     """
-    from transformers import AutoModelForSemanticSegmentation
+    from transformers import AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation
 
     if name not in PRESETS:
         raise UnknownPresetError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    config = PRESETS[name].config(len(id2label))
+    preset = PRESETS[name]
+    config = preset.config(len(id2label))
     config.id2label = {int(k): v for k, v in id2label.items()}
     config.label2id = {v: int(k) for k, v in id2label.items()}
-    set_ignore_index(config)
-    model = AutoModelForSemanticSegmentation.from_config(config)
+    if preset.universal:
+        model = AutoModelForUniversalSegmentation.from_config(config)
+        processor = make_universal_processor(image_size, len(id2label))
+    else:
+        set_ignore_index(config)
+        model = AutoModelForSemanticSegmentation.from_config(config)
+        processor = make_processor(image_size)
     model.train()
-    return model, make_processor(image_size)
+    return model, processor
 
 
 def set_ignore_index(config: Any) -> None:

@@ -318,13 +318,3 @@ def get_spec(model_id: str, *, allow_any: bool = False) -> ModelSpec:
             f"model {model_id!r} is neither a checkpoint folder nor a hub id (org/name); check the name"
         )
     return _hub(model_id, ALL_TASKS, "generated", model_id, "hub model")
-
-
-# --------------------------------------------------------------------------- transition
-
-
-def hub_offline_env() -> bool:
-    """Deprecated: call :func:`segdemo.hub.offline`. Kept only until train/ switches to it."""
-    from segdemo import hub
-
-    return hub.offline()

@@ -267,8 +267,8 @@ def test_two_process_ddp_evaluation_equals_single_process_evaluation(shapes, tmp
         ]
     )
     assert single["mean_iou"] == ddp["mean_iou"]
-    iou = [ddp["per_category_iou"][ID2LABEL[i]] for i in range(len(ID2LABEL))]
-    np.testing.assert_array_equal(single["per_category_iou"], np.asarray(iou, dtype=float))
+    # --eval-only returns the same report as eval_results.json: per-class IoU keyed by name
+    assert single["per_category_iou"] == ddp["per_category_iou"]
 
     # and the CLI's evaluation (segdemo.segment, the app's inference path)
     from segdemo.evaluate import evaluate_folder, model_predictor
@@ -309,7 +309,7 @@ def test_hf_dataset_input(shapes, tmp_path):
     load_checkpoint(out)
 
 
-@pytest.mark.parametrize("name", list(presets.PRESETS))
+@pytest.mark.parametrize("name", [n for n, p in presets.PRESETS.items() if not p.universal])
 def test_presets_build_with_the_ignore_index_in_their_loss(name):
     torch.manual_seed(0)
     model, processor = presets.build_preset(name, ID2LABEL, (64, 64))

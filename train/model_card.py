@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--compute-note", help="how long it trained, on what (Markdown)")
     args = parser.parse_args(argv)
-    from train.run import DEFAULTS
+    from train.options import DEFAULTS
 
     missing = [
         n

@@ -30,6 +30,7 @@ from typing import Any
 STATE_DIR = "state"
 TRAINER_STATE = "trainer_state.json"
 KEEP = (STATE_DIR, "history.json", "curves.png")
+METRIC_TITLES = {"mean_iou": "mIoU", "pq": "PQ", "ap": "mask AP"}
 """Entries of OUTPUT that survive a model export (see ``save_checkpoint(keep=...)``)."""
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -119,7 +120,8 @@ def by_name(values: Any, id2label: dict[int, str]) -> dict[str, float | None]:
 
 
 def curves_png(history: dict) -> bytes:
-    """PNG: train loss (left) and val mIoU (right) over optimizer steps."""
+    """PNG: train loss (left) and the val metric (right; ``history["metric"]``, default
+    ``mean_iou``) over optimizer steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,15 +132,17 @@ def curves_png(history: dict) -> bytes:
     left.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue")
     left.set(xlabel="step", ylabel="train loss", title="Training loss")
     evals = history.get("eval", [])
-    right.plot([r["step"] for r in evals], [r["mean_iou"] for r in evals], "o-", color="tab:green")
-    right.set(xlabel="step", ylabel="val mIoU", title="Validation mIoU", ylim=(0, 1))
+    metric = history.get("metric", "mean_iou")
+    title = METRIC_TITLES.get(metric, metric)
+    right.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", color="tab:green")
+    right.set(xlabel="step", ylabel=f"val {title}", title=f"Validation {title}", ylim=(0, 1))
     for ax in (left, right):
         ax.grid(alpha=0.3)
     return _png(fig)
 
 
-def per_class_png(per_class_iou: dict[str, float | None], title: str) -> bytes:
-    """PNG: horizontal bars of IoU per class (classes absent from val shown as 'n/a')."""
+def per_class_png(per_class_iou: dict[str, float | None], title: str, xlabel: str = "IoU") -> bytes:
+    """PNG: horizontal bars of a metric per class (classes absent from val shown as 'n/a')."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,7 +156,7 @@ def per_class_png(per_class_iou: dict[str, float | None], title: str) -> bytes:
         text = "n/a" if value is None else f"{value:.2f}"
         ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2, text, va="center")
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1.1), xlabel="IoU", title=title)
+    ax.set(xlim=(0, 1.1), xlabel=xlabel, title=title)
     return _png(fig)
 
 

@@ -1,0 +1,78 @@
+"""Baseline for the embedded panoptic model: a semantic model split into instances.
+
+The semantic model's prediction of each val image goes through the same rules that made
+the panoptic ground truth (:func:`segdemo.convert.semantic_to_panoptic`: every stuff class
+one segment, every 8-connected component of a thing class one instance, components under
+``--min-area`` pixels void) and is scored against that ground truth by the project's PQ
+(:mod:`segdemo.panoptic_quality`, panopticapi's rules).
+
+    python -m segdemo convert semantic-to-panoptic --data-dir ../shared/datasets/camvid \\
+        --things car,pedestrian,bicyclist --ignore-index 11 --min-area 64 --out /tmp/camvid-panoptic
+    python bench/panoptic_baseline.py --model local/segdemo-camvid --data-dir /tmp/camvid-panoptic \\
+        --out bench/results/panoptic_baseline.json
+
+Prints PQ, SQ, RQ overall / things / stuff and per class; ``--out`` writes the JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from segdemo import coco  # noqa: E402
+from segdemo.convert import semantic_to_panoptic  # noqa: E402
+from segdemo.models import load_model  # noqa: E402
+from segdemo.panoptic_quality import panoptic_counts, pq_from_counts  # noqa: E402
+from segdemo.segment import segment  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="local/segdemo-camvid", help="a semantic model id")
+    parser.add_argument("--data-dir", required=True, help="a COCO panoptic folder (val split)")
+    parser.add_argument("--min-area", type=int, default=64, help="the converter's --min-area")
+    parser.add_argument("--out", help="write the JSON report here")
+    args = parser.parse_args(argv)
+
+    splits = coco.load_universal("panoptic", data_dir=args.data_dir)
+    loaded = load_model(args.model)
+    if loaded.id2label != splits.id2label:
+        raise SystemExit(f"{args.model}: its classes are not the dataset's")
+    num_classes = len(splits.id2label)
+    counts = np.zeros((num_classes, 4), np.float64)
+    for index in range(len(splits.val)):
+        image, target = splits.val[index]
+        label_map = segment(loaded, image, "semantic").label_map
+        pred_map, pred_segments = semantic_to_panoptic(
+            label_map, splits.thing_ids, ignore_index=None, min_area=args.min_area
+        )
+        gt_map, gt_segments = target.panoptic_map()
+        counts += panoptic_counts(
+            pred_map,
+            {s["id"]: s["category_id"] for s in pred_segments},
+            gt_map,
+            gt_segments,
+            num_classes,
+        )
+    report = {
+        "model": args.model,
+        "data": str(args.data_dir),
+        "split": "val",
+        "images": len(splits.val),
+        **pq_from_counts(counts, splits.id2label, sorted(splits.thing_ids)),
+    }
+    print(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
