@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -194,6 +195,9 @@ def test_every_from_pretrained_call_refuses_remote_code(path):
         assert values[0].value is False, f"{path.name}:{call.lineno}"
 
 
+# an absolute path in a message: "/" after a space, quote or bracket, then a folder name
+_SERVER_PATH = re.compile(r"(?:^|[\s'\"(\[])/[\w.-]+/")
+
 # one row per checkpoint carrying code: what the app does with it
 CODE_ROWS = [
     # a pickle that runs code when unpickled: refused before anything is read
@@ -222,7 +226,12 @@ def test_no_code_from_a_checkpoint_runs(world, monkeypatch, model_id, env, outco
     else:
         with pytest.raises(AppError, match=outcome) as info:
             _semantic(world, model_id)
-        assert "\n" not in str(info.value)
+        message = str(info.value)
+        assert "\n" not in message
+        # the caller learns the model id, not where the server keeps it (docs/robustness.md)
+        assert model_id in message
+        assert str(world["checkpoints"].parent) not in message
+        assert not _SERVER_PATH.search(message), message
     _no_code_ran(world)
     assert _semantic(world, GOOD)[2]["data"]  # and the app keeps serving
 
