@@ -35,6 +35,7 @@ def build_tiny(
     id2label: dict[int, str] | None = None,
     image_size: int = 64,
     seed: int = 0,
+    num_queries: int | None = None,
 ) -> Path:
     """Build a tiny random-init model of ``family`` and save it (with its processor) to ``out_dir``.
 
@@ -44,6 +45,8 @@ def build_tiny(
         id2label: class names ``{id: name}``, ids ``0..N-1``; default :data:`DEFAULT_ID2LABEL`.
         image_size: the processor's input size (square); models see ``image_size`` pixels.
         seed: torch seed for the random weights (same seed -> same weights).
+        num_queries: universal families: queries instead of the tiny 8 (e.g. 100, as
+            Mask2Former's COCO models have).
 
     Returns:
         ``out_dir`` as a Path: ``config.json``, ``model.safetensors``,
@@ -58,6 +61,8 @@ def build_tiny(
     out.mkdir(parents=True)
     torch.manual_seed(seed)
     model, processor = _BUILDERS[family](id2label, image_size, out)
+    if num_queries is not None:
+        model = _with_queries(model, num_queries)
     _diversify(model, len(id2label), universal=family in UNIVERSAL_FAMILIES)
     model.eval()
     _wake_batch_norms(model)
@@ -121,6 +126,15 @@ def _diversify(model: torch.nn.Module, num_labels: int, universal: bool) -> None
                 module.bias.zero_()
                 if universal:
                     module.bias[-1] = -4.0
+
+
+def _with_queries(model: torch.nn.Module, num_queries: int) -> torch.nn.Module:
+    """The same architecture rebuilt with ``num_queries`` object queries."""
+    config = model.config
+    config.num_queries = num_queries
+    if getattr(config, "decoder_config", None) is not None:  # MaskFormer's DETR decoder
+        config.decoder_config.num_queries = num_queries
+    return type(model)(config)
 
 
 def _wake_batch_norms(model: torch.nn.Module) -> None:
