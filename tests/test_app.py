@@ -286,7 +286,9 @@ def test_uploads_over_the_size_cap_are_refused(launched, photo):
     huge = files / "huge.png"
     with huge.open("wb") as f:
         f.truncate(21 * 1024 * 1024)  # sparse: just over the 20 MB cap
-    with pytest.raises(Exception, match="(?i)size|large"):
+    # gradio_client reads the cap the app advertises and refuses before sending (the
+    # server's own HTTP 413 for a raw upload is in test_security.py)
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 20971520 bytes"):
         client.predict(handle_file(str(huge)), SEMANTIC_ID, 0.5, api_name="/semantic")
     outputs = client.predict(handle_file(photo), SEMANTIC_ID, 0.5, api_name="/semantic")
     _check_task_outputs(outputs, "semantic", 0.5)
@@ -360,6 +362,21 @@ def test_app_wiring(launched):
     assert UNIVERSAL_ID in instance_choices and SEMANTIC_ID not in instance_choices
     assert by_elem["instance-model"]["value"] == UNIVERSAL_ID  # offline: first local model
     assert demo._queue.max_size is not None  # a full queue refuses instead of growing
+
+
+def test_default_concurrency_and_queue_are_the_documented_ones(tmp_path, monkeypatch):
+    """README: one inference at a time across all tabs, up to 32 requests waiting."""
+    import app
+
+    for name in ("SEGDEMO_CONCURRENCY", "SEGDEMO_QUEUE_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SEGDEMO_CHECKPOINTS", str(build_models(tmp_path / "checkpoints")))
+    demo = app.create_app()
+    assert demo._queue.max_size == 32
+    endpoints = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    for name in ("semantic", "instance", "panoptic", "compare"):
+        assert endpoints[name].concurrency_limit == 1, name
+        assert endpoints[name].concurrency_id == "inference"  # one limit shared by all tabs
 
 
 def test_creating_the_app_loads_no_model(launched):
