@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from builders import build_tiny, keep_only_pickle_weights
+from PIL import Image
 from safetensors.torch import load_file
 from synthetic import ID2LABEL, write_folder
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -211,6 +212,68 @@ def test_a_run_resumed_at_an_epoch_boundary_ends_where_an_uninterrupted_run_ends
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
     assert resumed["best"] == pytest.approx(uninterrupted["best"])
+
+
+def _relabel(source: Path, target: Path, mapping) -> Path:
+    """A copy of the folder dataset ``source`` with every annotation's raw values mapped."""
+    shutil.copytree(source, target)
+    for path in target.glob("*/annotations/*.png"):
+        raw = np.asarray(Image.open(path))
+        Image.fromarray(mapping(raw).astype(np.uint8)).save(path)
+    return target
+
+
+# one row per raw convention: how the raw values differ from train ids, and the flags that
+# say so. Each dataset holds the same pictures and, once converted, the same labels.
+LABEL_CONVENTIONS = [
+    # ADE20K style: raw 0 = "other" (ignored), class v stored as v + 1
+    ("reduce-labels", lambda raw: np.where(raw == 255, 0, raw + 1), ["--reduce-labels"]),
+    # CamVid style: void stored as 3 (one past the classes), not 255
+    ("ignore-index", lambda raw: np.where(raw == 255, 3, raw), ["--ignore-index", "3"]),
+]
+
+
+@pytest.mark.parametrize(
+    "convention, mapping, flags", LABEL_CONVENTIONS, ids=[row[0] for row in LABEL_CONVENTIONS]
+)
+def test_label_flags_train_exactly_like_train_ids(shapes, tmp_path, convention, mapping, flags):
+    """``--reduce-labels`` / ``--ignore-index`` convert raw annotations to the train ids the
+    loss and the metric see: the run equals one on the same data stored as train ids."""
+    data_dir, tiny = shapes
+    raw_dir = _relabel(data_dir, tmp_path / convention, mapping)
+    args = [*FAST, "--model", str(tiny), "--max-steps", "3", "--eval-every", "3"]
+    args += ["--log-every", "1", "--batch-size", "4", "--lr", "3e-3"]
+    plain = run.main([*args, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "ids")])
+    flagged = run.main(
+        [*args, *flags, "--data-dir", str(raw_dir), "--output-dir", str(tmp_path / "raw")]
+    )
+    assert [r["loss"] for r in flagged["history"]["train"]] == pytest.approx(
+        [r["loss"] for r in plain["history"]["train"]], rel=1e-6
+    )
+    want, got = plain["history"]["eval"][-1], flagged["history"]["eval"][-1]
+    assert got["mean_iou"] == pytest.approx(want["mean_iou"], rel=1e-9)
+    assert got["per_category_iou"] == pytest.approx(want["per_category_iou"], rel=1e-9)
+    # without the flag the raw values are not class ids: refused before any step
+    with pytest.raises(SystemExit, match="is not a class id"):
+        run.main([*args, "--data-dir", str(raw_dir), "--output-dir", str(tmp_path / "no")])
+
+
+def test_a_batch_of_only_ignored_pixels_gives_a_zero_loss_not_nan(shapes, tmp_path):
+    """Crops whose pixels are all void (here: every training annotation) would give
+    cross-entropy 0/0 = NaN; the step trains on a zero loss instead and the run goes on."""
+    data_dir, tiny = shapes
+    void = tmp_path / "void"
+    shutil.copytree(data_dir, void)
+    for path in (void / "train" / "annotations").glob("*.png"):
+        raw = np.asarray(Image.open(path))
+        Image.fromarray(np.full_like(raw, 255)).save(path)
+    result = run.main(
+        [*FAST, "--model", str(tiny), "--data-dir", str(void), "--output-dir", str(tmp_path / "o")]
+        + ["--max-steps", "2", "--log-every", "1", "--batch-size", "4"]
+    )
+    assert [r["loss"] for r in result["history"]["train"]] == [0.0, 0.0]
+    model, _ = load_checkpoint(tmp_path / "o")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def _free_port() -> int:
