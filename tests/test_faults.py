@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from segdemo import models
-from segdemo.checkpoint import is_checkpoint, load_checkpoint
+from segdemo.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
 from segdemo.registry import discover_local
 from tests.builders import build_tiny
 from tests.synthetic import ID2LABEL, write_folder
@@ -362,3 +362,59 @@ def test_a_broken_folder_among_the_checkpoints_is_not_offered(cache_env, good_mo
     with pytest.raises(models.ModelLoadError, match="corrupt or truncated"):
         models.load_model("local/garbage-safetensors")
     assert models.load_model("local/good").model_type == "segformer"
+
+
+# --------------------------------------------------------------------------- checkpoint swap
+
+SWAP_KILLER = """
+import os, signal, sys
+from segdemo import checkpoint
+
+model, processor = checkpoint.load_checkpoint(sys.argv[1])
+checkpoint._exchange = lambda a, b: False  # a system without renameat2: the two-rename swap
+real_replace = os.replace
+
+
+def replace(source, target):
+    real_replace(source, target)
+    if ".old-" in os.fspath(target):  # the previous checkpoint is moved aside: die now
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+os.replace = replace
+checkpoint.save_checkpoint(sys.argv[2], model, processor)
+"""
+
+
+class _FailingProcessor:
+    def save_pretrained(self, folder):
+        raise OSError("disk full")
+
+
+def test_a_checkpoint_moved_aside_by_a_killed_swap_is_restored(good_model, tmp_path):
+    """Without an atomic exchange, save_checkpoint renames the old folder to
+    ``.NAME.old-PID-*`` and then the new one to ``NAME``; a kill between the two renames
+    leaves no ``NAME``. The next save puts the moved-aside checkpoint back before anything
+    else, so even a save that then fails leaves the previous model in place."""
+    model, processor = load_checkpoint(good_model)
+    out = save_checkpoint(tmp_path / "best", model, processor, {"step.txt": "1"})
+    killed = subprocess.run(
+        [sys.executable, "-c", SWAP_KILLER, str(good_model), str(out)],
+        cwd=REPO,
+        env=dict(_env(), PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    (aside,) = tmp_path.glob(".best.old-*")
+    assert not out.exists() and (aside / "step.txt").read_text() == "1"
+    assert discover_local(tmp_path) == []  # hidden and temp-named: never offered
+
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(out, model, _FailingProcessor())
+    assert (out / "step.txt").read_text() == "1"  # the previous checkpoint, restored
+    load_checkpoint(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # the dead temps are gone
+    save_checkpoint(out, model, processor, {"step.txt": "2"})
+    assert (out / "step.txt").read_text() == "2"
