@@ -2,7 +2,18 @@
 
     python -m segdemo predict photo.jpg more/*.png --model local/segdemo-camvid --task semantic --out out/
     python -m segdemo predict photo.jpg --model ./runs/mine --task panoptic --out out/
+    python -m segdemo predict photos/ --recursive --batch-size 8 --skip-existing ... --out out/
+    accelerate launch --multi_gpu --num_processes 4 -m segdemo predict photos/ ... --out out/
     python -m segdemo models
+
+``IMAGE`` arguments are files, folders (their images, sorted; ``--recursive`` for
+subfolders) or glob patterns (quoted, ``"photos/**/*.jpg"``): :mod:`segdemo.inputs`.
+A folder's images keep their relative path under ``--out`` (``photos/a/x.jpg`` ->
+``out/a/x_labels.png``). ``--batch-size`` runs images of one input shape through the model
+together (:mod:`segdemo.batch`). Under ``accelerate launch`` the processes split the
+sorted list (:mod:`segdemo.distributed`): each image is done once, by one process.
+``--skip-existing`` leaves out images whose three files exist (files are written
+atomically, so a killed run can be re-run to finish).
 
 ``--model`` takes a registry id, a checkpoint folder or a hub id: the person typing the
 command is the operator, so the app's allowlist (``SEGDEMO_ALLOW_ANY_MODEL``) does not
@@ -19,8 +30,9 @@ app's downloads are written by the same code):
 Instance/panoptic thresholds start from the model's recommended ones (its
 ``segdemo.json``), else the defaults of :mod:`segdemo.thresholds`; each flag overrides one.
 
-A bad image is reported on stderr in one line naming the file; the other images are
-still processed and the exit code is 1.
+A bad image (unreadable, not an image, a symlink loop...) is reported on stderr in one
+line naming the file; the other images are still processed and the exit code is 1 (on
+every process of a distributed run). Arguments that give no image at all are an error.
 """
 
 from __future__ import annotations
@@ -28,7 +40,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +58,12 @@ def add_predict_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help="segment images and write overlay, label map and segment list",
         description="Segment images; writes NAME_overlay.png, NAME_labels.png and NAME_segments.json.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, folders (their images, sorted) or glob patterns such as 'photos/*.jpg'",
+    )
     parser.add_argument(
         "--model",
         required=True,
@@ -77,6 +96,20 @@ def add_predict_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     parser.add_argument(
         "--max-size", type=int, default=None, help="cap the model input's longest side (pixels)"
+    )
+    parser.add_argument(
+        "--recursive", action="store_true", help="also take the images in subfolders of folders"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images of one input size per forward pass (1); same label maps as 1",
+    )
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave out images whose output files all exist (finish a killed run)",
     )
     parser.set_defaults(run=run_predict)
     return parser
@@ -127,65 +160,157 @@ def thresholds_from_args(args: argparse.Namespace, start: Thresholds) -> Thresho
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Segment every image; 0 when all succeeded, 1 otherwise."""
-    from segdemo import palettes
-    from segdemo.images import load_image
-    from segdemo.models import load_model
-    from segdemo.render import render
-    from segdemo.result_files import write_result_files
-    from segdemo.segment import segment
+    """Segment every image (this process's share of them); 0 when all succeeded, 1 otherwise."""
+    from segdemo.distributed import workers
 
     _quiet_transformers()
     if args.max_size is not None and args.max_size < 32:
         _error(f"--max-size {args.max_size} is too small; use at least 32")
         return 1
+    if args.batch_size < 1:
+        _error(f"--batch-size {args.batch_size} must be at least 1")
+        return 1
+    team = workers()  # before the model: on GPUs it picks this process's device
+    with team.main_first():  # one process downloads a hub model, then the others read it
+        setup = _prepare(args)
+    # the same arguments and files give every process the same answer; print it once
+    first_error = next((e for e in team.gather(setup.error) if e is not None), None)
+    if first_error is not None:
+        if team.is_main:
+            _error(first_error)
+        return 1
+    if team.is_main:
+        for problem in setup.found.problems:
+            _error(problem)
+    mine = team.split(setup.found.images)
+    counts = _predict_share(args, setup, mine, team.is_main)
+    totals = [sum(column) for column in zip(*team.gather(counts), strict=True)]
+    written, failed, already = totals
+    failed += len(setup.found.problems)
+    if team.is_main and (team.count > 1 or setup.found.expanded or already):
+        _summary(written, failed, already, len(setup.found.skipped), team.count)
+    return 1 if failed else 0
+
+
+@dataclass
+class _Setup:
+    """What every process of ``predict`` prepares before splitting the images."""
+
+    error: str | None = None
+    loaded: Any = None
+    task: Task | None = None
+    thresholds: Thresholds | None = None
+    palette: np.ndarray | None = None
+    found: Any = None
+
+
+def _prepare(args: argparse.Namespace) -> _Setup:
+    """Load the model and list the images; ``error`` holds the one-line reason when not."""
+    from segdemo import palettes
+    from segdemo.inputs import expand_inputs
+    from segdemo.models import load_model
+
     try:
         # the person at the command line is the operator: folders and hub ids are allowed
         loaded = load_model(args.model, allow_any=True)
         task = loaded.check_task(args.task)
+        found = expand_inputs(args.images, recursive=args.recursive, exclude=args.out)
     except SegdemoError as err:
-        _error(str(err))
-        return 1
+        return _Setup(error=str(err))
     thresholds = thresholds_from_args(args, loaded.spec.thresholds())
     palette = palettes.palette_for(loaded.spec.palette, loaded.id2label)
-    args.out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    used_names: set[str] = set()
-    for source in args.images:
-        name = _unique_name(Path(source).stem, used_names)
-        try:
-            image = load_image(source)
-            result = segment(loaded, image, task, **thresholds.as_kwargs(), max_size=args.max_size)
-        except SegdemoError as err:
-            _error(str(err))
-            failures += 1
+    return _Setup(None, loaded, task, thresholds, palette, found)
+
+
+def _predict_share(args: argparse.Namespace, setup: _Setup, mine: list, show_bar: bool) -> tuple:
+    """Segment ``mine`` and write their files; ``(written, failed, already done)``."""
+    from tqdm.auto import tqdm
+
+    from segdemo.batch import segment_stream
+    from segdemo.images import load_image
+    from segdemo.render import render
+    from segdemo.result_files import write_result_files
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    already = 0
+    if args.skip_existing:
+        todo = [item for item in mine if not _complete(out, item.name)]
+        already = len(mine) - len(todo)
+        mine = todo
+    # a bar on the terminal for runs of several images; the per-image lines print above it
+    bar = tqdm(
+        total=len(mine),
+        desc="predict",
+        unit="img",
+        file=sys.stderr,
+        disable=None if show_bar and len(mine) > 1 else True,
+    )
+    written = failed = 0
+    stream = segment_stream(
+        setup.loaded,
+        mine,
+        lambda item: load_image(item.path, name=item.label),
+        setup.task,
+        batch_size=args.batch_size,
+        **setup.thresholds.as_kwargs(),
+        max_size=args.max_size,
+    )
+    for done in stream:
+        bar.update(1)
+        item = done.item
+        if done.error is not None:
+            tqdm.write(f"error: {_failure_message(item.label, done.error)}", file=sys.stderr)
+            failed += 1
             continue
-        except ValueError as err:  # e.g. an image the processor cannot resize
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            _error(f"{Path(source).name}: segmentation failed ({reason})")
-            failures += 1
-            continue
-        overlay = render(np.asarray(image), result, palette, alpha=args.alpha)
+        folder = out / Path(item.name).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        name = Path(item.name).name
+        overlay = render(np.asarray(done.image), done.result, setup.palette, alpha=args.alpha)
         write_result_files(
-            args.out,
+            folder,
             name,
-            result,
-            model_id=loaded.spec.id,
-            image_name=Path(source).name,
+            done.result,
+            model_id=setup.loaded.spec.id,
+            image_name=item.path.name,
             overlay=overlay,
         )
-        print(f"{source}: {len(result.segments)} segments -> {args.out / name}_*.png")
-    return 1 if failures else 0
+        written += 1
+        segments = len(done.result.segments)
+        tqdm.write(f"{item.path}: {segments} segments -> {folder / name}_*.png", file=sys.stdout)
+    bar.close()
+    return written, failed, already
 
 
-def _unique_name(stem: str, used: set[str]) -> str:
-    """``stem``, or ``stem_2``, ``stem_3``... when two inputs share a file name."""
-    name, n = stem, 1
-    while name in used:
-        n += 1
-        name = f"{stem}_{n}"
-    used.add(name)
-    return name
+def _failure_message(label: str, err: Exception) -> str:
+    """One line naming the image: the reader's own message, or why segmentation failed."""
+    if isinstance(err, SegdemoError):
+        return str(err)
+    if isinstance(err, OSError):  # e.g. no permission to read it
+        return f"{label}: cannot read it ({err.strerror or err}); check its permissions"
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"{label}: segmentation failed ({reason})"  # e.g. an image the processor cannot resize
+
+
+def _complete(out: Path, name: str) -> bool:
+    """Whether ``--skip-existing`` may leave ``name`` out: all three of its files exist."""
+    from segdemo.result_files import LABELS_SUFFIX, OVERLAY_SUFFIX, SEGMENTS_SUFFIX
+
+    return all(
+        (out / f"{name}{suffix}").is_file()
+        for suffix in (LABELS_SUFFIX, SEGMENTS_SUFFIX, OVERLAY_SUFFIX)
+    )
+
+
+def _summary(written: int, failed: int, already: int, not_images: int, processes: int) -> None:
+    parts = [f"{written} written", f"{failed} failed"]
+    if already:
+        parts.append(f"{already} already done (--skip-existing)")
+    if not_images:
+        parts.append(f"{not_images} files in the folders are not images by name and were left out")
+    if processes > 1:
+        parts.append(f"{processes} processes")
+    print(f"predict: {', '.join(parts)}", file=sys.stderr)
 
 
 def run_models(args: argparse.Namespace) -> int:

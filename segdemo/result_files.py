@@ -12,13 +12,16 @@ For an output name ``NAME`` (the CLI: the image's file stem; the app: the task):
   by one space, UTF-8, ending in a newline.
 * ``NAME_overlay.png`` (CLI only; the app shows it instead): :func:`segdemo.render.render`.
 
-Equal inputs give byte-identical files, whichever front end wrote them.
+Equal inputs give byte-identical files, whichever front end wrote them. Each file is
+written atomically (a hidden temporary file in the same folder, then a rename): a killed
+run leaves whole files or none, so ``predict --skip-existing`` can trust what exists.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,8 +79,21 @@ def save_label_map(
 ) -> Path:
     """Write :func:`label_map_image` as PNG to ``path``; returns ``path``."""
     path = Path(path)
-    label_map_image(label_map, largest).save(path, format="PNG")
+    image = label_map_image(label_map, largest)
+    _write_atomically(path, lambda temp: image.save(temp, format="PNG"))
     return path
+
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(temp)`` then rename ``temp`` to ``path``: readers never see a partial file."""
+    # unique per process and thread: concurrent writers of one name never share a temp file
+    temp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def segments_summary(
@@ -117,9 +133,11 @@ def write_result_files(
     labels = save_label_map(result.label_map, folder / f"{name}{LABELS_SUFFIX}", largest_id(result))
     segments = folder / f"{name}{SEGMENTS_SUFFIX}"
     summary = segments_summary(result, model_id=model_id, image_name=image_name)
-    segments.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    text = json.dumps(summary, indent=1) + "\n"
+    _write_atomically(segments, lambda temp: temp.write_text(text, encoding="utf-8"))
     overlay_path = None
     if overlay is not None:
         overlay_path = folder / f"{name}{OVERLAY_SUFFIX}"
-        Image.fromarray(overlay).save(overlay_path, format="PNG")
+        picture = Image.fromarray(overlay)
+        _write_atomically(overlay_path, lambda temp: picture.save(temp, format="PNG"))
     return ResultFiles(labels, segments, overlay_path)

@@ -78,31 +78,61 @@ def segment(
     target_size = (image.height, image.width)
     with torch.inference_mode():
         outputs = _forward(loaded, image, task, max_size)
-        if task is Task.SEMANTIC:
-            scores = (
-                _image_processor(loaded)
-                .post_process_semantic_segmentation(
-                    outputs, target_sizes=None, return_segmentation_scores=True
-                )[0]
-                .segmentation_scores
-            )
-            label_map = upsample_argmax(scores, target_size)
-            return SegmentationResult(
-                task,
-                label_map,
-                segments_from_label_map(label_map, loaded.id2label),
-                loaded.id2label,
-            )
-        label_map, infos = universal_post.post_process(
+        return result_from_outputs(
+            loaded,
             outputs,
-            loaded.model_type,
             task,
-            target_size=target_size,
+            target_size,
             threshold=threshold,
             mask_threshold=mask_threshold,
             overlap_mask_area_threshold=overlap_mask_area_threshold,
-            label_ids_to_fuse=set(label_ids_to_fuse or ()),
+            label_ids_to_fuse=label_ids_to_fuse,
         )
+
+
+def result_from_outputs(
+    loaded: LoadedModel,
+    outputs: Any,
+    task: Task,
+    target_size: tuple[int, int],
+    *,
+    threshold: float = DEFAULT_THRESHOLDS.threshold,
+    mask_threshold: float = DEFAULT_THRESHOLDS.mask_threshold,
+    overlap_mask_area_threshold: float = DEFAULT_THRESHOLDS.overlap_mask_area_threshold,
+    label_ids_to_fuse: set[int] | None = None,
+) -> SegmentationResult:
+    """The :func:`segment` result of one image's model outputs (batch of 1).
+
+    Args:
+        outputs: ``loaded.model``'s outputs for the inputs of :func:`model_inputs`.
+        target_size: ``(height, width)`` of the image; the other arguments as in
+            :func:`segment`.
+    """
+    if task is Task.SEMANTIC:
+        scores = (
+            _image_processor(loaded)
+            .post_process_semantic_segmentation(
+                outputs, target_sizes=None, return_segmentation_scores=True
+            )[0]
+            .segmentation_scores
+        )
+        label_map = upsample_argmax(scores, target_size)
+        return SegmentationResult(
+            task,
+            label_map,
+            segments_from_label_map(label_map, loaded.id2label),
+            loaded.id2label,
+        )
+    label_map, infos = universal_post.post_process(
+        outputs,
+        loaded.model_type,
+        task,
+        target_size=target_size,
+        threshold=threshold,
+        mask_threshold=mask_threshold,
+        overlap_mask_area_threshold=overlap_mask_area_threshold,
+        label_ids_to_fuse=set(label_ids_to_fuse or ()),
+    )
     return _to_result(loaded, task, label_map, infos, label_ids_to_fuse)
 
 
@@ -115,6 +145,15 @@ def _image_processor(loaded: LoadedModel) -> Any:
 
 def _forward(loaded: LoadedModel, image: Image.Image, task: Task, max_size: int | None) -> Any:
     """Preprocess exactly as the pipeline does, then run the model."""
+    return run_model(loaded, model_inputs(loaded, image, task, max_size))
+
+
+def model_inputs(
+    loaded: LoadedModel, image: Image.Image, task: Task, max_size: int | None = None
+) -> dict[str, Any]:
+    """The model inputs of one RGB image, prepared exactly as the pipeline does (CPU tensors
+    with a batch dimension of 1). Inputs of equal shapes concatenate along dim 0 into a batch
+    (:mod:`segdemo.batch`)."""
     processor = _image_processor(loaded)
     kwargs: dict[str, Any] = {}
     if max_size is not None:
@@ -131,6 +170,11 @@ def _forward(loaded: LoadedModel, image: Image.Image, task: Task, max_size: int 
         )["input_ids"]
     else:
         inputs = processor(images=[image], return_tensors="pt", **kwargs)
+    return dict(inputs)
+
+
+def run_model(loaded: LoadedModel, inputs: dict[str, Any]) -> Any:
+    """``loaded.model`` on ``inputs`` moved to its device (call under ``torch.inference_mode``)."""
     inputs = {
         k: v.to(loaded.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()
     }
