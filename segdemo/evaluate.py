@@ -18,6 +18,12 @@ an ``evaluation`` object recording what was scored.
 
 ``--task instance|panoptic`` scores COCO folders instead (mask AP / PQ, SQ, RQ):
 :mod:`segdemo.evaluate_universal`.
+
+Under ``accelerate launch --num_processes N`` (:mod:`segdemo.distributed`) each process
+scores a contiguous share of the sorted images and the statistics are gathered once:
+confusion counts summed (semantic), per-image PQ counts or AP records concatenated in
+image order (instance/panoptic), so the report equals the one-process report exactly.
+The main process prints it and writes ``--out``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -74,6 +81,7 @@ def evaluate_folder(
     ignore_index: int | None = None,
     needs_image: bool = True,
     progress: bool = False,
+    share: Callable[[list], list] | None = None,
 ) -> tuple[ConfusionMatrix, dict[int, str], int]:
     """Score ``predict`` on every pair of ``data_dir/split``.
 
@@ -86,9 +94,11 @@ def evaluate_folder(
         needs_image: ``False`` when ``predict`` does not look at the photo (saved
             predictions): the images are then not decoded.
         progress: show a tqdm bar on stderr (only on a terminal).
+        share: picks this process's pairs from the sorted list (e.g.
+            :meth:`segdemo.distributed.Workers.split`); the matrix then counts those only.
 
     Returns:
-        ``(confusion matrix, id2label, number of images)``.
+        ``(confusion matrix, id2label, number of images in the split)``.
 
     Raises:
         DatasetError / EvaluateError: missing folders, files, mismatched sizes, or
@@ -102,7 +112,7 @@ def evaluate_folder(
     id2label = read_id2label(root)
     pairs = _find_split(root, split)
     matrix = ConfusionMatrix(len(id2label), IGNORE_INDEX)
-    for pair in _progress(pairs, progress):
+    for pair in _progress(share(pairs) if share else pairs, progress):
         raw = read_annotation(pair.annotation, name=str(pair.annotation))
         ref = to_train_ids(raw, reduce_labels=reduce_labels, ignore_index=ignore_index)
         # as training does: a value that is no class is a labelling mistake, not "no class"
@@ -313,12 +323,22 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate, print the table, write ``--out``. Returns 0, or 2 with a one-line error."""
+    """Evaluate, print the table, write ``--out``. Returns 0, or 2 with a one-line error.
+
+    Distributed (:mod:`segdemo.distributed`): every process returns the same code; only
+    the main one prints and writes.
+    """
+    from segdemo.distributed import workers
+
+    team = workers()  # before any model loads: on GPUs it picks this process's device
     try:
-        report = _run(args)
+        report = _run(args, team)
     except _expected_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
+        if team.is_main:
+            print(f"error: {err}", file=sys.stderr)
         return 2
+    if not team.is_main:
+        return 0
     task = getattr(args, "task", "semantic")
     if task == "semantic":
         print(format_table(report))
@@ -338,11 +358,14 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     return (SegdemoError, EvaluateError, DatasetError, OSError)
 
 
-def _run(args: argparse.Namespace) -> dict:
+def _run(args: argparse.Namespace, team=None) -> dict:
+    from segdemo.distributed import Workers
+
+    team = team or Workers()
     if getattr(args, "task", "semantic") != "semantic":
         from segdemo.evaluate_universal import run_universal
 
-        return run_universal(args)
+        return run_universal(args, team)
     if any(getattr(args, k, None) is not None for k in UNIVERSAL_FLAGS):
         raise EvaluateError(
             "--threshold, --mask-threshold and --overlap-mask-area-threshold apply to "
@@ -358,7 +381,8 @@ def _run(args: argparse.Namespace) -> dict:
         predict, needs_image = saved_predictor(args.pred_dir), False
         source = {"pred_dir": str(args.pred_dir)}
     else:
-        predict, model_labels = model_predictor(args.model, args.max_size)
+        with team.main_first():  # one process downloads a hub model, then the others read it
+            predict, model_labels = model_predictor(args.model, args.max_size)
         if len(model_labels) != len(data_labels):
             raise EvaluateError(
                 f"{args.model} predicts {len(model_labels)} classes but {root / 'id2label.json'} has "
@@ -366,15 +390,22 @@ def _run(args: argparse.Namespace) -> dict:
             )
         needs_image = True
         source = {"model": args.model, "max_size": args.max_size}
-    matrix, id2label, count = evaluate_folder(
-        root,
-        predict,
-        split=args.split,
-        reduce_labels=args.reduce_labels,
-        ignore_index=args.ignore_index,
-        needs_image=needs_image,
-        progress=True,
+    matrix, id2label, count = gather_outcome(
+        team,
+        lambda: evaluate_folder(
+            root,
+            predict,
+            split=args.split,
+            reduce_labels=args.reduce_labels,
+            ignore_index=args.ignore_index,
+            needs_image=needs_image,
+            progress=team.is_main,
+            share=team.split,
+        ),
     )
+    if team.count > 1:  # integer counts: the sum is the one-process matrix exactly
+        totals = team.gather(matrix.counts)
+        matrix = ConfusionMatrix.from_counts(sum(totals[1:], totals[0]), IGNORE_INDEX)
     evaluation = source | {
         "data_dir": str(root),
         "split": args.split,
@@ -384,8 +415,27 @@ def _run(args: argparse.Namespace) -> dict:
         "ignore_index": args.ignore_index,
     }
     report = build_report(matrix.compute(), id2label, evaluation)
-    write_json(report, args.out)
+    if team.is_main:
+        write_json(report, args.out)
     return report
+
+
+def gather_outcome(team, work: Callable[[], Any]) -> Any:
+    """``work()`` on every process; if any process fails, all raise the first failure.
+
+    A process that stopped on a bad file would otherwise leave the others waiting for
+    its statistics. Failures are compared in rank order, which is image order.
+    """
+    if team.count == 1:
+        return work()
+    try:
+        value, failure = work(), None
+    except _expected_errors() as err:
+        value, failure = None, str(err)
+    first = next((f for f in team.gather(failure) if f is not None), None)
+    if first is not None:
+        raise EvaluateError(first)
+    return value
 
 
 __all__ = [

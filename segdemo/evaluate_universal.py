@@ -32,6 +32,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -123,18 +124,42 @@ def evaluate_universal(
     *,
     split: str = "val",
     progress: bool = False,
+    team: Any = None,
 ) -> tuple[dict, int]:
     """Score ``predict`` on every image of ``splits.<split>``; returns ``(report, images)``.
+
+    Args:
+        team: :class:`segdemo.distributed.Workers`: this process scores its contiguous
+            share; the per-image scores of all processes are gathered in image order (each
+            image once), so sums and rankings are the one-process ones exactly.
 
     Raises:
         EvaluateError / DatasetError: one line naming the image or file.
     """
+    from segdemo.distributed import Workers
+    from segdemo.evaluate import gather_outcome
+
+    team = team or Workers()
+    source = splits.val if split in VAL_SPLITS else splits.train
+    mine = team.split(list(range(len(source))))
+    scored = gather_outcome(
+        team, lambda: _score_images(task, source, predict, len(splits.id2label), mine, progress)
+    )
+    if team.count > 1:
+        by_index = {index: score for part in team.gather(scored) for index, score in part}
+        scored = sorted(by_index.items())
+    scores = [score for _, score in scored]
+    return summarize(task, scores, splits.id2label, splits.thing_ids), len(source)
+
+
+def _score_images(
+    task: str, source: Any, predict: Predictor, num_classes: int, indices: list[int], progress: bool
+) -> list[tuple[int, Any]]:
+    """``[(index, score_image(...))]`` for ``indices`` of ``source``."""
     from segdemo.evaluate import _progress
 
-    source = splits.val if split in VAL_SPLITS else splits.train
-    num_classes = len(splits.id2label)
     scores = []
-    for index in _progress(list(range(len(source))), progress):
+    for index in _progress(indices, progress):
         image, target = source[index]
         name = source.names[index]
         size = tuple(target.masks.shape[1:])
@@ -146,10 +171,12 @@ def evaluate_universal(
                 "predict at the annotation's resolution"
             )
         try:
-            scores.append(score_image(task, target, label_map, segments, num_classes, name))
+            scores.append(
+                (index, score_image(task, target, label_map, segments, num_classes, name))
+            )
         except ValueError as err:
             raise _error(f"{name}: {err}") from None
-    return summarize(task, scores, splits.id2label, splits.thing_ids), len(source)
+    return scores
 
 
 def _hw(shape: Sequence[int]) -> str:
@@ -351,10 +378,13 @@ def format_table(report: dict, task: str) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-def run_universal(args: argparse.Namespace) -> dict:
-    """``evaluate --task instance|panoptic``: score, build the report, write ``--out``."""
+def run_universal(args: argparse.Namespace, team: Any = None) -> dict:
+    """``evaluate --task instance|panoptic``: score, build the report, write ``--out`` (the
+    main process of ``team``, a :class:`segdemo.distributed.Workers`)."""
+    from segdemo.distributed import Workers
     from segdemo.evaluate import write_json
 
+    team = team or Workers()
     task = args.task
     if args.reduce_labels or args.ignore_index is not None:
         raise _error(
@@ -383,10 +413,13 @@ def run_universal(args: argparse.Namespace) -> dict:
         predict = saved_predictor(args.pred_dir, task, splits.id2label)
         source: dict = {"pred_dir": str(args.pred_dir)}
     else:
-        predict, source = model_predictor(
-            args.model, task, splits, flags=flags, max_size=args.max_size
-        )
-    report, count = evaluate_universal(task, splits, predict, split=args.split, progress=True)
+        with team.main_first():  # one process downloads a hub model, then the others read it
+            predict, source = model_predictor(
+                args.model, task, splits, flags=flags, max_size=args.max_size
+            )
+    report, count = evaluate_universal(
+        task, splits, predict, split=args.split, progress=team.is_main, team=team
+    )
     report["evaluation"] = source | {
         "task": task,
         "data_dir": str(root),
@@ -396,7 +429,8 @@ def run_universal(args: argparse.Namespace) -> dict:
         "num_labels": len(splits.id2label),
         "thing_ids": sorted(splits.thing_ids),
     }
-    write_json(report, args.out)
+    if team.is_main:
+        write_json(report, args.out)
     return report
 
 
