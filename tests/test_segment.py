@@ -52,10 +52,19 @@ def photo() -> Image.Image:
 def torchvision_free_oneformer(monkeypatch):
     """Let the real OneFormer post-processor run without torchvision.
 
-    transformers calls ``tvF.resize`` (torchvision v2) in OneFormer's ``compute_segments``
-    and fails with NameError when torchvision is absent. This stand-in is torchvision's
-    documented behaviour for float tensors (bilinear, ``align_corners=False``,
-    ``antialias=True``, identity at equal size); the rest of the reference is the library's.
+    transformers calls ``tvF.resize(mask_probs[None], size=target_size,
+    interpolation=BILINEAR)`` (torchvision v2) in OneFormer's ``compute_segments`` and
+    fails with NameError when torchvision is absent. The stand-in is what torchvision does
+    with those arguments, not a copy of segdemo's code (which emulates the same kernel with
+    its own taps, :mod:`segdemo.mask_bands`): ``torchvision/transforms/v2/functional/
+    _geometry.py``'s ``resize`` dispatches a plain tensor to ``resize_image``, which, for
+    ``BILINEAR`` and the default ``antialias=True``, sets ``align_corners=False``, returns
+    the input when the size is unchanged, takes a 2-element ``size`` as the exact
+    ``(height, width)``, keeps float32 as is (no cast), and calls
+    ``torch.nn.functional.interpolate(image.reshape(-1, C, H, W), size=[h, w],
+    mode="bilinear", align_corners=False, antialias=True)``. Antialiasing changes the
+    result only when a mask is shrunk: ``test_oneformer_shrinks_masks_like_torchvision``
+    covers that case.
     """
     import transformers.models.oneformer.image_processing_pil_oneformer as module
 
@@ -111,6 +120,24 @@ def test_same_as_transformers_pipeline(
     if task is not Task.SEMANTIC:
         assert len(expected) > 0, "the tiny model should emit segments at threshold 0"
         assert [s.id for s in result.segments] == list(range(1, len(expected) + 1))
+
+
+@pytest.mark.parametrize("task", [Task.INSTANCE, Task.PANOPTIC])
+def test_oneformer_shrinks_masks_like_torchvision(checkpoints, torchvision_free_oneformer, task):
+    """An image smaller than OneFormer's mask grid (16x20 vs 16x~27 masks for a 64-pixel
+    input): its masks are shrunk, where torchvision's antialiased resize differs from plain
+    bilinear interpolation, and segdemo must follow it."""
+    rng = np.random.default_rng(1)
+    small = Image.fromarray(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8))
+    loaded = load_model("local/oneformer")
+    expected = _pipeline(loaded)(small, subtask=task.value, **PERMISSIVE)
+    result = segment(loaded, small, task, **PERMISSIVE)
+    assert sum((np.asarray(e["mask"]) == 255).any() for e in expected) >= 2
+    assert [(s.label, s.score) for s in result.segments] == [
+        (e["label"], e["score"]) for e in expected
+    ]
+    for seg, ref in zip(result.segments, expected, strict=True):
+        np.testing.assert_array_equal(result.mask(seg.id), np.asarray(ref["mask"]) == 255)
 
 
 def test_semantic_models_see_several_classes(checkpoints, photo):
