@@ -31,8 +31,9 @@ Instance/panoptic thresholds start from the model's recommended ones (its
 ``segdemo.json``), else the defaults of :mod:`segdemo.thresholds`; each flag overrides one.
 
 A bad image (unreadable, not an image, a symlink loop...) is reported on stderr in one
-line naming the file; the other images are still processed and the exit code is 1 (on
-every process of a distributed run). Arguments that give no image at all are an error.
+line naming the file; the other images are still processed and the exit code is 1 (that
+of the main process in a distributed run; the others exit 0). Arguments that give no
+image at all are an error.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if first_error is not None:
         if team.is_main:
             _error(first_error)
-        return 1
+        return _exit_code(1, team)
     if team.is_main:
         for problem in setup.found.problems:
             _error(problem)
@@ -189,7 +190,16 @@ def run_predict(args: argparse.Namespace) -> int:
     failed += len(setup.found.problems)
     if team.is_main and (team.count > 1 or setup.found.expanded or already):
         _summary(written, failed, already, len(setup.found.skipped), team.count)
-    return 1 if failed else 0
+    return _exit_code(1 if failed else 0, team)
+
+
+def _exit_code(code: int, team) -> int:
+    """The run's code from the main process; 0 from the others, whose failures it counted.
+
+    A launcher tears the group down when a process exits non-zero, and a second failing
+    process would only repeat the main one's report.
+    """
+    return code if team.is_main else 0
 
 
 @dataclass
@@ -279,6 +289,9 @@ def _predict_share(args: argparse.Namespace, setup: _Setup, mine: list, show_bar
         segments = len(done.result.segments)
         tqdm.write(f"{item.path}: {segments} segments -> {folder / name}_*.png", file=sys.stdout)
     bar.close()
+    # before the processes meet again: a launcher may end the others once the main one exits
+    sys.stdout.flush()
+    sys.stderr.flush()
     return written, failed, already
 
 
@@ -307,7 +320,8 @@ def _summary(written: int, failed: int, already: int, not_images: int, processes
     if already:
         parts.append(f"{already} already done (--skip-existing)")
     if not_images:
-        parts.append(f"{not_images} files in the folders are not images by name and were left out")
+        files = "file" if not_images == 1 else "files"
+        parts.append(f"{not_images} {files} in the folders not images by name, left out")
     if processes > 1:
         parts.append(f"{processes} processes")
     print(f"predict: {', '.join(parts)}", file=sys.stderr)

@@ -65,12 +65,20 @@ class Workers:
 
     @contextmanager
     def main_first(self) -> Iterator[None]:
-        """Run the body on the main process first, then on the others (downloads, caches)."""
+        """Run the body on the main process first, then on the others (downloads, caches).
+
+        The barriers hold even when the body raises, so the processes stay in step.
+        """
         if self.count == 1:
             yield
             return
-        with self.state.main_process_first():
+        if not self.is_main:
+            self.barrier()
+        try:
             yield
+        finally:
+            if self.is_main:
+                self.barrier()
 
     def barrier(self) -> None:
         """Wait until every process gets here."""

@@ -325,8 +325,8 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write ``--out``. Returns 0, or 2 with a one-line error.
 
-    Distributed (:mod:`segdemo.distributed`): every process returns the same code; only
-    the main one prints and writes.
+    Distributed (:mod:`segdemo.distributed`): the main process prints, writes and returns
+    the code; the others return 0 (a launcher tears the group down on a non-zero exit).
     """
     from segdemo.distributed import workers
 
@@ -334,8 +334,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = _run(args, team)
     except _expected_errors() as err:
-        if team.is_main:
-            print(f"error: {err}", file=sys.stderr)
+        if not team.is_main:
+            return 0
+        print(f"error: {err}", file=sys.stderr)
         return 2
     if not team.is_main:
         return 0
@@ -381,8 +382,9 @@ def _run(args: argparse.Namespace, team=None) -> dict:
         predict, needs_image = saved_predictor(args.pred_dir), False
         source = {"pred_dir": str(args.pred_dir)}
     else:
-        with team.main_first():  # one process downloads a hub model, then the others read it
-            predict, model_labels = model_predictor(args.model, args.max_size)
+        predict, model_labels = load_in_turn(
+            team, lambda: model_predictor(args.model, args.max_size)
+        )
         if len(model_labels) != len(data_labels):
             raise EvaluateError(
                 f"{args.model} predicts {len(model_labels)} classes but {root / 'id2label.json'} has "
@@ -418,6 +420,17 @@ def _run(args: argparse.Namespace, team=None) -> dict:
     if team.is_main:
         write_json(report, args.out)
     return report
+
+
+def load_in_turn(team, load: Callable[[], Any]) -> Any:
+    """``load()`` on the main process first (a hub model downloads once), then on the
+    others; a failure on any process is raised on all of them (:func:`gather_outcome`)."""
+
+    def in_turn() -> Any:
+        with team.main_first():
+            return load()
+
+    return gather_outcome(team, in_turn)
 
 
 def gather_outcome(team, work: Callable[[], Any]) -> Any:

@@ -382,7 +382,7 @@ def run_universal(args: argparse.Namespace, team: Any = None) -> dict:
     """``evaluate --task instance|panoptic``: score, build the report, write ``--out`` (the
     main process of ``team``, a :class:`segdemo.distributed.Workers`)."""
     from segdemo.distributed import Workers
-    from segdemo.evaluate import write_json
+    from segdemo.evaluate import load_in_turn, write_json
 
     team = team or Workers()
     task = args.task
@@ -413,10 +413,10 @@ def run_universal(args: argparse.Namespace, team: Any = None) -> dict:
         predict = saved_predictor(args.pred_dir, task, splits.id2label)
         source: dict = {"pred_dir": str(args.pred_dir)}
     else:
-        with team.main_first():  # one process downloads a hub model, then the others read it
-            predict, source = model_predictor(
-                args.model, task, splits, flags=flags, max_size=args.max_size
-            )
+        predict, source = load_in_turn(
+            team,
+            lambda: model_predictor(args.model, task, splits, flags=flags, max_size=args.max_size),
+        )
     report, count = evaluate_universal(
         task, splits, predict, split=args.split, progress=team.is_main, team=team
     )
