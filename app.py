@@ -7,10 +7,16 @@ request that needs it.
 
 API (gradio_client): ``/semantic``, ``/instance``, ``/panoptic``, ``/compare``.
 Uploads are capped at :data:`MAX_FILE_SIZE`.
+
+On ZeroGPU hardware (a Space with ``SPACES_ZERO_GPU`` set and the ``spaces`` package
+installed) the four handlers run under ``@spaces.GPU`` and each tab's default model is
+loaded at start-up (:func:`on_zero_gpu`, :func:`preload_models`); elsewhere nothing
+changes and ``spaces`` is not needed.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import os
@@ -19,6 +25,23 @@ from pathlib import Path
 
 # before gradio is imported: it reads this once, at import
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def zero_gpu():
+    """The ``spaces`` module when this runs on ZeroGPU hardware, else ``None``.
+
+    ZeroGPU Spaces set ``SPACES_ZERO_GPU``; ``spaces`` is installed on Spaces, not needed here.
+    """
+    if os.environ.get("SPACES_ZERO_GPU", "").strip().lower() not in ("1", "true", "yes"):
+        return None
+    try:
+        import spaces
+    except ImportError:
+        return None
+    return spaces
+
+
+zero_gpu()  # on ZeroGPU, `spaces` patches torch before anything imports it
 
 import gradio as gr  # noqa: E402
 
@@ -274,6 +297,7 @@ def create_task_tab(task: Task) -> None:
     """One task tab: inputs on the left, annotated image, overlay, table and downloads on the right."""
     name = task.value
     handler = {Task.SEMANTIC: semantic, Task.INSTANCE: instance, Task.PANOPTIC: panoptic}[task]
+    handler = on_zero_gpu(handler, task.value)
     with gr.Tab(name.capitalize(), id=name, elem_id=f"{name}-tab"):
         gr.Markdown(DESCRIPTIONS[task])
         with gr.Row():
@@ -346,7 +370,7 @@ def create_compare_tab() -> None:
                         )
                     )
         button.click(
-            compare,
+            on_zero_gpu(compare, "compare"),
             inputs=[image, *models, opacity],
             outputs=outputs,
             api_name="compare",
@@ -354,6 +378,70 @@ def create_compare_tab() -> None:
             concurrency_limit=_setting("SEGDEMO_CONCURRENCY", INFERENCE_CONCURRENCY),
             preprocess=False,  # see _upload
         )
+
+
+ZERO_GPU_RUN_SECONDS = {Task.SEMANTIC: 20, Task.INSTANCE: 40, Task.PANOPTIC: 40}
+"""GPU seconds asked for one inference on ZeroGPU when the model is loaded already: a
+12 MP photo through a Mask2Former Swin-L with the post-processing, with room to spare
+(shorter requests get a GPU sooner and use less of the visitor's quota)."""
+
+ZERO_GPU_LOAD_SECONDS = 60
+"""Added per model that has to be downloaded and loaded inside the call first (any model
+but the preloaded defaults)."""
+
+
+def zero_gpu_seconds(endpoint: str, *args, **kwargs) -> int:
+    """``@spaces.GPU`` duration of one call to ``endpoint`` with the handler's arguments:
+    :data:`ZERO_GPU_RUN_SECONDS` per task run, plus :data:`ZERO_GPU_LOAD_SECONDS` per
+    model not loaded at start-up."""
+    from segdemo.models import cached_model_ids
+
+    if endpoint == "compare":  # compare(image, semantic_model, instance_model, panoptic_model, ...)
+        chosen = dict(zip(Task, (*args, None, None, None, None)[1:4], strict=True))
+        chosen |= {t: kwargs[f"{t.value}_model"] for t in Task if f"{t.value}_model" in kwargs}
+    else:  # semantic / instance / panoptic(image, model, ...)
+        chosen = {Task(endpoint): kwargs.get("model", args[1] if len(args) > 1 else None)}
+    loaded = set(cached_model_ids())
+    seconds = [
+        ZERO_GPU_RUN_SECONDS[task] + (0 if model in loaded else ZERO_GPU_LOAD_SECONDS)
+        for task, model in chosen.items()
+        if model
+    ]
+    return sum(seconds) or ZERO_GPU_RUN_SECONDS[Task.SEMANTIC]
+
+
+def on_zero_gpu(handler, endpoint: str):
+    """``handler`` under ``@spaces.GPU`` on ZeroGPU hardware (a GPU is attached for each
+    call, for :func:`zero_gpu_seconds`), else ``handler`` itself."""
+    spaces = zero_gpu()
+    if spaces is None:
+        return handler
+    return spaces.GPU(duration=functools.partial(zero_gpu_seconds, endpoint))(handler)
+
+
+def preload_models() -> list[str]:
+    """ZeroGPU: load each tab's default model now, at start-up, as ZeroGPU expects.
+
+    The weights are read into CPU memory in the main process; ZeroGPU's patched torch
+    holds their move to ``cuda`` until a handler has a GPU, so requests on the defaults
+    spend their GPU time on inference. At most ``SEGDEMO_MODEL_CACHE`` models (the cache
+    keeps no more); a model that cannot load is logged and left to the first request.
+    Returns the ids loaded.
+    """
+    from segdemo.errors import SegdemoError
+    from segdemo.models import cache_size, load_model
+
+    wanted = list(dict.fromkeys(filter(None, map(service.default_model_id, Task))))
+    loaded = []
+    for model_id in wanted[: cache_size()]:
+        try:
+            load_model(model_id)
+        except SegdemoError as err:
+            log.warning("ZeroGPU start-up: %s", err)
+            continue
+        loaded.append(model_id)
+    log.info("ZeroGPU start-up: loaded %s", ", ".join(loaded) or "no model")
+    return loaded
 
 
 def write_image_cache_atomically() -> None:
@@ -393,8 +481,11 @@ def write_image_cache_atomically() -> None:
 
 
 def create_app() -> gr.Blocks:
-    """Build the UI (no model is loaded); local checkpoints are discovered now, once."""
+    """Build the UI (no model is loaded, except on ZeroGPU: :func:`preload_models`); local
+    checkpoints are discovered now, once."""
     write_image_cache_atomically()
+    if zero_gpu() is not None:
+        preload_models()
     with gr.Blocks(title="segdemo: image segmentation") as demo:
         gr.Markdown(
             "# segdemo: image segmentation with transformers\n"
