@@ -229,7 +229,7 @@ def _to_result(
     label_ids_to_fuse: set[int] | None,
 ) -> SegmentationResult:
     """Segments with areas and boxes for a label map of segment ids ``1..n`` (0 = none)."""
-    stats = {value: (area, bbox) for value, area, bbox in region_stats(label_map)}
+    stats = {value: (area, bbox) for value, area, bbox in region_stats(label_map)} if infos else {}
     thing_ids = _thing_ids(loaded)
     segments = []
     for info in infos:

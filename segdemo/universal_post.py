@@ -81,8 +81,8 @@ def post_process(
     Returns:
         ``(label_map, segments)``: ``H x W`` int32 segment ids ``1..n`` (0 = none), and
         ``n`` dicts ``{"id", "label_id", "was_fused", "score"}`` (``id`` = position + 1;
-        ``score`` rounded to 6 decimals, as the processor does). Fused classes list one
-        entry per fused query, all but the last with no pixels, as the pipeline's list does.
+        ``score`` rounded to 6 decimals, as the processor does). A fused class keeps one
+        entry per fused query, as the processor's list does; its pixels carry the last id.
 
     Raises:
         ValueError: an unknown ``model_type`` or ``task``.
