@@ -66,14 +66,12 @@ def load_start_model(
         CheckpointError: unloadable checkpoint, a model that cannot train ``task``, or a
             backbone that does not fit.
     """
+    check_task(name, task)
     if name in presets.PRESETS:
-        universal = presets.PRESETS[name].universal
-        _check_task(task, "mask2former" if universal else "semantic", name)
         model, processor = presets.build_preset(name, id2label, image_size or crop)
     else:
         folder = resolve_model_folder(name)
         kind = checkpoint.model_type(folder)
-        _check_task(task, kind, name)
         same_labels = {
             int(k): v for k, v in (read_config(folder).get("id2label") or {}).items()
         } == id2label
@@ -95,7 +93,16 @@ def load_start_model(
     return model, processor
 
 
-def _check_task(task: str, kind: str, name: str) -> None:
+def check_task(name: str, task: str) -> None:
+    """Refuse, from the config alone, a ``--model`` that cannot train ``task``.
+
+    Raises:
+        CheckpointError: one line naming the model kind and what to use instead.
+    """
+    if name in presets.PRESETS:
+        kind = "mask2former" if presets.PRESETS[name].universal else "semantic"
+    else:
+        kind = checkpoint.model_type(resolve_model_folder(name))
     universal = checkpoint.is_universal(kind)
     if task == "semantic" and universal:
         # a universal model's semantic output is a by-product of its masks; training it

@@ -45,6 +45,7 @@ loss ignores :data:`segdemo.labels.IGNORE_INDEX`. See docs/training.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -63,7 +64,7 @@ from segdemo.data import DatasetError  # noqa: E402
 from segdemo.fast_decoder import use_fast_decoder  # noqa: E402
 from train import outputs  # noqa: E402
 from train.loop import Trainer  # noqa: E402
-from train.modeling import load_eval_model, load_start_model  # noqa: E402
+from train.modeling import check_task, load_eval_model, load_start_model  # noqa: E402
 from train.options import parse_args  # noqa: E402
 
 
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = make_accelerator(args)
     set_seed(args.seed)
 
+    if not args.eval_only:
+        with model_errors(args):
+            check_task(args.model, args.task)  # from its config: before reading any data
     recipe = load_data(args)  # every file is read and checked before the model exists
     model, processor = load_model(args, recipe)
     if args.eval_only:
@@ -153,7 +157,7 @@ def load_data(args):
 
 def load_model(args, recipe):
     """``(model, processor)``: ``--model`` to evaluate, or to start training from."""
-    try:
+    with model_errors(args):
         if args.eval_only:
             return load_eval_model(args.model, recipe.id2label)
         model, processor = load_start_model(
@@ -164,13 +168,20 @@ def load_model(args, recipe):
             task=args.task,
             init_backbone_from=args.init_backbone_from,
         )
+    if not args.no_fast_decoder:
+        use_fast_decoder(model)  # same function and checkpoint, ~2x faster SegFormer steps
+    return model, processor
+
+
+@contextlib.contextmanager
+def model_errors(args):
+    """A :class:`CheckpointError` ends the run with one line naming ``--model``."""
+    try:
+        yield
     except CheckpointError as err:
         message = str(err)  # the one resolver's messages start with the name already
         named = message if message.startswith(args.model) else f"{args.model}: {message}"
         raise SystemExit(f"--model {named}") from None
-    if not args.no_fast_decoder:
-        use_fast_decoder(model)  # same function and checkpoint, ~2x faster SegFormer steps
-    return model, processor
 
 
 def make_loaders(args, accelerator, recipe, processor):
