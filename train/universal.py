@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segdemo import coco, universal_transforms
+from segdemo import coco, universal_post, universal_transforms
 from segdemo.evaluate_universal import score_image, summarize
 from train import outputs
 
@@ -51,7 +51,6 @@ class UniversalRecipe:
         self.id2label = self.splits.id2label
         self.thing_ids = sorted(self.splits.thing_ids)
         self.stuff_ids = sorted(set(self.id2label) - set(self.thing_ids))
-        self.processor: Any = None
         self._image_ids = {name: i for i, name in enumerate(self.splits.val.names)}
 
     # ------------------------------------------------------------------ data
@@ -66,7 +65,6 @@ class UniversalRecipe:
         )
 
     def val_set(self, processor: Any) -> torch.utils.data.Dataset:
-        self.processor = processor
         return universal_transforms.UniversalEvalDataset(self.splits.val, processor, self.task)
 
     collate_train = staticmethod(universal_transforms.collate_train)
@@ -93,6 +91,7 @@ class UniversalRecipe:
         arrays gathered with ``gather_for_metrics`` (padding duplicates dropped) and summed;
         AP records are gathered as objects and deduplicated by image index."""
         num_classes = len(self.id2label)
+        model_type = accelerator.unwrap_model(model).config.model_type
         scores: list = []  # per image: PQ counts (panoptic) or an AP record (instance)
         for batch in loader:
             out = model(pixel_values=batch["pixel_values"])
@@ -107,7 +106,10 @@ class UniversalRecipe:
                     self._image_ids[name],
                 )
                 for (label_map, segments), target, name in zip(
-                    self.predict(out, sizes), batch["targets"], batch["names"], strict=True
+                    self.predict(model_type, out, sizes),
+                    batch["targets"],
+                    batch["names"],
+                    strict=True,
                 )
             ]
             if self.task == "panoptic":
@@ -126,24 +128,25 @@ class UniversalRecipe:
         return outputs.clean(summarize(self.task, scores, self.id2label, self.thing_ids))
 
     def predict(
-        self, model_outputs: Any, sizes: list[tuple[int, int]]
+        self, model_type: str, model_outputs: Any, sizes: list[tuple[int, int]]
     ) -> list[tuple[np.ndarray, list[dict]]]:
-        """Post-process a batch's outputs at the annotations' sizes ``(H, W)`` with the
-        image processor's own post-processing, as the app does. Per image:
-        ``(HxW int32 segment ids 1..n, 0 = none; [{"id", "label_id", "score"}])``."""
-        common = dict(
-            threshold=self.args.threshold,
-            mask_threshold=self.args.mask_threshold,
-            overlap_mask_area_threshold=self.args.overlap_mask_area_threshold,
-            target_sizes=[tuple(int(v) for v in size) for size in sizes],
-        )
-        if self.task == "panoptic":
-            raw = self.processor.post_process_panoptic_segmentation(
-                model_outputs, label_ids_to_fuse=set(self.stuff_ids), **common
+        """Post-process a batch's outputs at the annotations' sizes ``(H, W)`` with the app's
+        code (:func:`segdemo.universal_post.post_process`, the pipeline's results in bounded
+        memory). Per image: ``(HxW int32 segment ids 1..n, 0 = none; segment dicts)``."""
+        return [
+            universal_post.post_process(
+                model_outputs,
+                model_type,
+                self.task,
+                target_size=tuple(int(v) for v in size),
+                index=index,
+                threshold=self.args.threshold,
+                mask_threshold=self.args.mask_threshold,
+                overlap_mask_area_threshold=self.args.overlap_mask_area_threshold,
+                label_ids_to_fuse=set(self.stuff_ids) if self.task == "panoptic" else None,
             )
-        else:
-            raw = self.processor.post_process_instance_segmentation(model_outputs, **common)
-        return [renumber(r["segmentation"], r["segments_info"]) for r in raw]
+            for index, size in enumerate(sizes)
+        ]
 
     def per_class(self, report: dict) -> dict[str, float | None]:
         per = report["per_category"]
@@ -159,20 +162,3 @@ class UniversalRecipe:
                 "overlap_mask_area_threshold": self.args.overlap_mask_area_threshold,
             },
         }
-
-
-def renumber(segmentation: torch.Tensor, infos: list[dict]) -> tuple[np.ndarray, list[dict]]:
-    """A post-processor's ``(segmentation, segments_info)`` (0- or 1-based ids, -1 or 0 for
-    none) as ``(HxW int32 ids 1..n in segments_info order, 0 = none; [{"id", "label_id",
-    "score"}])``."""
-    source = segmentation.to(torch.int64).cpu().numpy() + 1  # -1 (none) -> 0
-    lookup = np.zeros(
-        max(int(source.max()), max((i["id"] for i in infos), default=0) + 1) + 1, np.int32
-    )
-    segments = []
-    for new_id, info in enumerate(infos, start=1):
-        lookup[info["id"] + 1] = new_id
-        segments.append(
-            {"id": new_id, "label_id": int(info["label_id"]), "score": float(info["score"])}
-        )
-    return lookup[np.clip(source, 0, None)], segments
