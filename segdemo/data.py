@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -280,6 +281,70 @@ def carve(source: Source, fraction: float, seed: int) -> tuple[Source, Source]:
     random.Random(seed).shuffle(order)
     n_val = min(len(source) - 1, max(1, math.ceil(fraction * len(source))))
     return Subset(source, sorted(order[n_val:])), Subset(source, sorted(order[:n_val]))
+
+
+GROUP_PATTERN = r"^([^_]+)_"
+"""Default rule for an image's *group* (``--val-groups``): its file name up to the first
+``_`` (CamVid: the drive, ``0001TP_006690.png`` -> ``0001TP``); a name without a match is
+its own group. Frames of one drive look alike, so a held-out group measures how a model
+does on footage it never saw; a random split of frames does not."""
+
+
+class Concat(Source):
+    """Several sources as one (their samples in order)."""
+
+    def __init__(self, *sources: Source):
+        self.parts = [(source, i) for source in sources for i in range(len(source))]
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def name(self, index: int) -> str:
+        source, i = self.parts[index]
+        return source.name(i)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        source, i = self.parts[index]
+        return source[i]
+
+
+def group_of(name: str, pattern: str = GROUP_PATTERN) -> str:
+    """The group of a sample named ``name`` (a path or a file name): ``pattern``'s first
+    capture group matched against the file stem, else the whole stem."""
+    stem = Path(name).stem
+    match = re.match(pattern, stem)
+    return match.group(1) if match and match.groups() else stem
+
+
+def hold_out_groups(
+    splits: Splits, val_groups: Sequence[str], *, pattern: str = GROUP_PATTERN
+) -> Splits:
+    """Train and val pooled, then split by group: val = every image whose group is in
+    ``val_groups``, train = all others. ``val_groups`` empty: everything trains and the
+    original val split is kept for monitoring (its scores are then on training data).
+
+    Raises:
+        DatasetError: a group that no image has (the message lists the groups there are),
+            or groups that would leave train or val empty.
+    """
+    pooled = Concat(splits.train, splits.val)
+    if not val_groups:
+        return Splits(pooled, splits.val, splits.id2label, val_carved=False)
+    groups = [group_of(pooled.name(i), pattern) for i in range(len(pooled))]
+    known = sorted(set(groups))
+    unknown = [g for g in val_groups if g not in known]
+    if unknown:
+        raise DatasetError(
+            f"--val-groups {','.join(unknown)}: no image has that group (groups by "
+            f"{pattern!r}: {', '.join(known[:20])}); pick from those"
+        )
+    val = [i for i, g in enumerate(groups) if g in set(val_groups)]
+    train = [i for i, g in enumerate(groups) if g not in set(val_groups)]
+    if not train:
+        raise DatasetError(
+            f"--val-groups {','.join(val_groups)} holds out every image; keep one group to train on"
+        )
+    return Splits(Subset(pooled, train), Subset(pooled, val), splits.id2label, val_carved=True)
 
 
 def load_folder(root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0) -> Splits:

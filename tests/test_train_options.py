@@ -50,3 +50,72 @@ def test_defaults_are_defined_once():
     for name, value in options.DEFAULTS.items():
         if name != "data_dir":
             assert getattr(args, name) == value, name
+
+
+def _splits(train_names, val_names):
+    from pathlib import Path
+
+    from segdemo import data
+
+    def source(names):
+        return data.FolderSource([data.Pair(n, Path(f"{n}.png"), Path(f"{n}.png")) for n in names])
+
+    return data.Splits(source(train_names), source(val_names), {0: "a"})
+
+
+def test_val_groups_hold_out_whole_drives():
+    from segdemo import data
+
+    splits = _splits(["0001TP_1", "0006R0_1", "0016E5_1", "0016E5_2"], ["0016E5_9"])
+    held = data.hold_out_groups(splits, ["0001TP"])
+    assert [held.val.name(i) for i in range(len(held.val))] == ["0001TP_1.png"]
+    train = sorted(held.train.name(i) for i in range(len(held.train)))
+    assert train == ["0006R0_1.png", "0016E5_1.png", "0016E5_2.png", "0016E5_9.png"]
+    pooled = data.hold_out_groups(splits, [])  # --train-on-val: everything trains
+    assert len(pooled.train) == 5 and len(pooled.val) == 1
+    assert data.group_of("x/no-underscore.png") == "no-underscore"
+
+
+def test_unknown_val_group_names_the_groups_there_are():
+    from segdemo import data
+
+    with pytest.raises(data.DatasetError, match=r"--val-groups 0005XX: .*0001TP, 0016E5"):
+        data.hold_out_groups(_splits(["0001TP_1"], ["0016E5_1"]), ["0005XX"])
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (["--val-groups", "a", "--train-on-val"], "pick one"),
+        (["--task", "panoptic", "--val-groups", "a"], "are for --task semantic"),
+    ],
+)
+def test_group_options_conflicts(given, message, capsys):
+    with pytest.raises(SystemExit):
+        options.parse_args(["--data-dir", "d", *given])
+    assert message in capsys.readouterr().err
+
+
+def test_export_last_follows_the_last_step_and_val_groups_reach_the_run(tmp_path):
+    """--export last: OUTPUT holds the last evaluation's weights, whatever scored best;
+    --val-groups: the held-out images are the val set (names train_* / val_* -> groups)."""
+    import json
+
+    from builders import build_tiny
+    from synthetic import write_folder
+
+    from train import run
+
+    data_dir = write_folder(tmp_path / "shapes", n_train=6, n_val=3)
+    tiny = build_tiny("segformer", tmp_path / "tiny", id2label={0: "a", 1: "b"}, image_size=64)
+    out = tmp_path / "out"
+    result = run.main(
+        ["--model", str(tiny), "--data-dir", str(data_dir), "--output-dir", str(out)]
+        + ["--image-size", "48", "64", "--crop-size", "48", "64", "--num-workers", "0"]
+        + ["--max-steps", "3", "--eval-every", "1", "--batch-size", "2", "--export", "last"]
+        + ["--val-groups", "val", "--lr", "1e-2"]
+    )
+    assert json.loads((out / "eval_results.json").read_text())["step"] == 3
+    assert result["best"]["step"] == 3
+    config = json.loads((out / "training_config.json").read_text())
+    assert (config["train_samples"], config["val_samples"]) == (6, 3)

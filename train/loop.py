@@ -178,9 +178,15 @@ class Trainer:
         p.history["eval"].append({"step": p.step, "epoch": p.epoch + int(epoch_done), **report})
         value = report[metric]
         improved = p.best is None or (value is not None and value > p.best[metric])
+        if self.args.export == "last":  # no selection on val: OUTPUT follows the last step
+            improved = True
         accelerator.print(
             f"step {p.step}: val {self.recipe.metric_title} {value:.4f}"
-            + (" (best, exported)" if improved else "")
+            + (
+                (" (exported)" if self.args.export == "last" else " (best, exported)")
+                if improved
+                else ""
+            )
         )
         if improved:
             p.best = {"step": p.step, metric: value}

@@ -11,7 +11,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from segdemo import presets
+from segdemo import data, presets
 
 TASKS = ("semantic", "instance", "panoptic")
 
@@ -85,6 +85,33 @@ OPTIONS: tuple[Option, ...] = (
         255,
         "semantic: the raw annotation value meaning void (CamVid: 11); 255 is always ignored",
         dict(type=int),
+    ),
+    Option(
+        "--val-groups",
+        None,
+        "semantic: pool train and val, then validate on the images of these groups (comma "
+        "list, e.g. 0001TP) and train on the others: a held-out drive, not frames of the "
+        "drives trained on (CamVid's val is one of its train drives)",
+    ),
+    Option(
+        "--group-pattern",
+        data.GROUP_PATTERN,
+        "regex whose first group, matched on a file stem, names the image's group "
+        "(default rule: the name up to the first '_', CamVid's drive)",
+    ),
+    Option(
+        "--train-on-val",
+        False,
+        "semantic: train on train + val (a recipe chosen on a held-out group, run on all the "
+        "data); val scores are then on training images, so use --export last",
+        dict(action="store_true"),
+    ),
+    Option(
+        "--export",
+        "best",
+        "which weights OUTPUT holds: the best val score so far (selected on val, so val "
+        "flatters them) or the last step's (no selection)",
+        dict(choices=("best", "last")),
     ),
     Option(
         "--val-fraction",
@@ -250,6 +277,10 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         setattr(args, name, (value[0], value[0]) if len(value) == 1 else tuple(value))
     if not (args.data_dir or args.dataset):
         parser.error("give the data: --data-dir DIR or --dataset ID_OR_FOLDER")
+    if args.val_groups is not None and args.train_on_val:
+        parser.error("--val-groups holds a group out and --train-on-val trains on val: pick one")
+    if args.task != "semantic" and (args.val_groups is not None or args.train_on_val):
+        parser.error("--val-groups and --train-on-val are for --task semantic")
     for name in ("threshold", "mask_threshold", "overlap_mask_area_threshold"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")

@@ -43,6 +43,9 @@ class SemanticRecipe:
             self.splits = data.load_hf(
                 args.dataset, id2label=args.id2label, val_fraction=args.val_fraction, seed=args.seed
             )
+        if args.val_groups is not None or args.train_on_val:
+            groups = [g for g in (args.val_groups or "").split(",") if g]
+            self.splits = data.hold_out_groups(self.splits, groups, pattern=args.group_pattern)
         self.id2label = self.splits.id2label
         self.label_args = dict(reduce_labels=args.reduce_labels, ignore_index=args.ignore_index)
         num_labels = len(self.id2label)
