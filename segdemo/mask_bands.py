@@ -239,84 +239,128 @@ def _windows(
     winner = torch.empty((height, width), dtype=torch.int32)
     area = torch.zeros(queries, dtype=torch.int64)
     original = torch.zeros(queries, dtype=torch.int64)
-    # sigmoid probabilities with a threshold <= 0: every pixel counts (products of
-    # non-negative values), no window needs a look
-    count_all = threshold <= 0 and float(planes.min()) >= 0
+    # probabilities (weighted by scores >= 0) are >= 0: with a threshold <= 0 every pixel
+    # counts, no window needs a look
+    nonneg = float(planes.min()) >= 0
+    count_all = threshold <= 0 and nonneg
     if count_all:
         original += height * width
-    # ~14 float32-sized temporaries per (query, window) in a band (see _band)
-    band_rows = max(1, budget // (queries * (low_w + 1) * 4 * 14))
+    # per band: the weighted corners (4 bytes) and candidate flags (1) per (query, window),
+    # plus a few window-sized temporaries; rows capped to keep a query's slice in cache
+    band_rows = max(1, min(64, budget // (queries * (low_w + 1) * 8)))
     for top in range(0, low_h, band_rows):
         bottom = min(low_h, top + band_rows)
         _band(
-            planes, plane_of, scores, top, bottom, threshold, count_all, taps, winner, area,
-            original, budget,
+            planes, plane_of, scores, top, bottom, threshold, count_all, nonneg, taps, winner,
+            area, original, budget,
         )  # fmt: skip
     return winner, area, original
 
 
 def _band(
-    planes, plane_of, scores, top, bottom, threshold, count_all, taps, winner, area, original,
-    budget,
+    planes, plane_of, scores, top, bottom, threshold, count_all, nonneg, taps, winner, area,
+    original, budget,
 ) -> None:  # fmt: skip
     """Window rows ``top..bottom-1``: fill their output rows of ``winner``; add their pixels
-    to ``area`` (per winner) and ``original`` (per query, at or above ``threshold``)."""
+    to ``area`` (per winner) and ``original`` (per query, at or above ``threshold``).
+
+    Loops over queries on ``n x w`` slices (cache-sized) rather than reducing ``K x n x w``
+    tensors over their first dimension, which PyTorch's CPU kernels do several times slower.
+    """
     low_h = planes.shape[1]
     rows, cols = taps.rows, taps.cols
     n = bottom - top
     # weighted corner values: rows top..bottom (one more for the windows' second row)
     slab = planes[:, top : min(bottom + 1, low_h)]
-    if plane_of.numel() != planes.shape[0] or not _is_identity(plane_of):
+    if not _is_identity(plane_of, planes.shape[0]):
         slab = slab[plane_of]
     weighted = slab * scores[:, None, None]
     padded = F.pad(weighted[None], (0, 1, 0, 1), mode="replicate")[0]  # (K, n + 1 or 2, w + 1)
     del weighted
-    corners = (padded[:, :n, :-1], padded[:, :n, 1:], padded[:, 1 : n + 1, :-1])
-    corners += (padded[:, 1 : n + 1, 1:],)
-    high = F.max_pool2d(padded[None], 2, stride=1)[0, :, :n]  # (K, n, w) window maxima
-    low = -F.max_pool2d(-padded[None], 2, stride=1)[0, :, :n]
-    # |emulated - exact| and the rounding of the weighted corners, with a wide margin
-    slack = torch.maximum(high, -low).mul_(64 * _EPS).add_(_TINY)
-    # reference: the top-left corner's winner; any query is a valid reference
-    reference = corners[0].argmax(dim=0)[None]  # (1, n, w)
-    exceed = None
-    for corner in corners:
-        difference = corner - torch.gather(corner, 0, reference)
-        exceed = difference if exceed is None else torch.maximum(exceed, difference, out=exceed)
-    # can k beat the reference somewhere in the window?
-    candidate = exceed.add_(slack).add_(torch.gather(slack, 0, reference)) >= 0
-    _account("windows", padded, high, low, slack, exceed, difference, candidate)
-    del difference, exceed, padded
-    reference = reference[0]
-    count = candidate.sum(dim=0)
+    queries, width = padded.shape[0], padded.shape[2] - 1
+
+    views = _all_corners(padded, n)
+
+    # 1. a reference per window: the first query with the largest top-left corner (any
+    #    query would do; a likely winner prunes best)
+    best, reference = padded[0, :n, :-1].clone(), torch.zeros((n, width), dtype=torch.int64)
+    for k in range(1, queries):
+        value = padded[k, :n, :-1]
+        reference.masked_fill_(value > best, k)
+        torch.maximum(best, value, out=best)
+    ref = [torch.gather(view, 0, reference[None])[0] for view in views]
+    ref_slack = _slack(*ref, nonneg=nonneg)
+    # 2. per query: can it beat the reference somewhere in the window? (bilinear values of
+    #    the difference lie between its corner values, up to rounding: the slack)
     pixels = rows.count[top:bottom, None] * cols.count[None, :]  # (n, w)
+    has_pixels = pixels > 0
+    candidate = torch.empty((queries, n, width), dtype=torch.bool)
+    count = torch.zeros((n, width), dtype=torch.int32)
+    straddling = []
+    for k in range(queries):
+        c = [view[k] for view in views]
+        exceed = c[0] - ref[0]
+        for i in (1, 2, 3):
+            torch.maximum(exceed, c[i] - ref[i], out=exceed)
+        high = torch.maximum(torch.maximum(c[0], c[1]), torch.maximum(c[2], c[3]))
+        low = None if nonneg and count_all else torch.minimum(
+            torch.minimum(c[0], c[1]), torch.minimum(c[2], c[3])
+        )  # fmt: skip
+        slack = (high if nonneg else torch.maximum(high, -low)).mul(64 * _EPS).add_(_TINY)
+        torch.ge(exceed.add_(slack).add_(ref_slack), 0, out=candidate[k])
+        count += candidate[k]
+        if not count_all:
+            sure = low - slack >= threshold  # every pixel of the window counts
+            original[k] += int((pixels * sure).sum())
+            maybe = torch.nonzero(~sure & (high + slack >= threshold) & has_pixels)
+            if maybe.numel():
+                straddling.append(torch.cat([torch.full((len(maybe), 1), k), maybe], dim=1))
+    _account("windows", padded, candidate, count, pixels, exceed, exceed, exceed, exceed, exceed)
+    del padded, views
     y0, y1 = int(rows.start[top]), int(rows.start[bottom - 1] + rows.count[bottom - 1])
     if y1 > y0:
         fill = reference.to(torch.int32).index_select(0, rows.first[y0:y1] - top)
         winner[y0:y1] = fill.index_select(1, cols.first)
         _account("fill", fill, winner[y0:y1])
         del fill
-    multi = torch.nonzero((count > 1) & (pixels > 0))
+    multi = torch.nonzero((count > 1) & has_pixels)
     if multi.numel():
         _decide(planes, plane_of, scores, candidate, count, multi, top, taps, winner, budget)
     del candidate
     if y1 > y0:
         area += torch.bincount(winner[y0:y1].flatten(), minlength=area.numel())
-    if count_all:
-        return
-    sure = low - slack >= threshold  # every pixel of the window counts
-    sure_pixels = torch.mv(sure.flatten(1).double(), pixels.flatten().double())
-    original += sure_pixels.round().long()
-    maybe = ~sure & (high + slack >= threshold) & (pixels > 0)
-    _account("sure", low, high, slack, sure, sure.flatten(1).double(), maybe)
-    pairs = torch.nonzero(maybe)  # (m, 3): query, window row, window column
-    del sure, maybe
-    if pairs.numel():
+    if straddling:
+        pairs = torch.cat(straddling)  # (m, 3): query, window row, window column
         _count(planes, plane_of, scores, pairs, top, threshold, taps, original, budget)
 
 
-def _is_identity(plane_of: torch.Tensor) -> bool:
-    return bool(torch.equal(plane_of, torch.arange(plane_of.numel(), device=plane_of.device)))
+def _all_corners(padded: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """The four ``(K, n, w)`` corner views of each window of a padded band."""
+    return (
+        padded[:, :n, :-1],
+        padded[:, :n, 1:],
+        padded[:, 1 : n + 1, :-1],
+        padded[:, 1 : n + 1, 1:],
+    )
+
+
+def _slack(*corners: torch.Tensor, nonneg: bool) -> torch.Tensor:
+    """Rounding margin of a window: 64 ulps of its largest corner magnitude, plus denormals.
+
+    Covers the emulation's three roundings, the weights summing to 1 within 2 ulps and the
+    rounding of the weighted corners and of their differences (together under 20 ulps).
+    """
+    magnitude = corners[0] if nonneg else corners[0].abs()
+    for corner in corners[1:]:
+        magnitude = torch.maximum(magnitude, corner if nonneg else corner.abs())
+    return magnitude.mul(64 * _EPS).add_(_TINY)
+
+
+def _is_identity(plane_of: torch.Tensor, planes: int) -> bool:
+    """Whether query ``k`` uses plane ``k`` for every ``k`` (no gather needed)."""
+    return plane_of.numel() == planes and bool(
+        torch.equal(plane_of, torch.arange(planes, device=plane_of.device))
+    )
 
 
 def _decide(planes, plane_of, scores, candidate, count, multi, top, taps, winner, budget) -> None:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from segdemo import upsample
 from segdemo.mask_bands import BUDGET_BYTES, upsampled_winners
 from segdemo.result import Task
+from segdemo.thresholds import DEFAULT_THRESHOLDS
 
 MASK2FORMER_SIZE = (384, 384)
 """Mask2Former's processor first resizes mask logits to this size ("preprocessed image size")."""
@@ -53,9 +54,9 @@ def post_process(
     *,
     target_size: tuple[int, int],
     index: int = 0,
-    threshold: float = 0.9,
-    mask_threshold: float = 0.5,
-    overlap_mask_area_threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLDS.threshold,
+    mask_threshold: float = DEFAULT_THRESHOLDS.mask_threshold,
+    overlap_mask_area_threshold: float = DEFAULT_THRESHOLDS.overlap_mask_area_threshold,
     label_ids_to_fuse: set[int] | None = None,
     budget_bytes: int = BUDGET_BYTES,
 ) -> tuple[np.ndarray, list[dict]]:
