@@ -15,17 +15,21 @@ returns the identical ``winner`` map and ``original_area`` counts without that t
 1. **Windows.** Every output pixel mixes the 2x2 source window at its first source row
    and column (both kernels used here have two taps per axis when upsampling). Output
    pixels sharing a window form a block; source rows are processed in bands whose
-   temporaries fit ``budget_bytes``.
-2. **Pruning.** In each window a reference query ``r`` is the one with the largest
-   minimum; a query ``k`` can only win a pixel of the window if ``k``'s weighted corner
-   values exceed ``r``'s at some corner (bilinear interpolation of the difference is a
-   convex combination of the corner differences), less a rounding tolerance. Windows
-   with one candidate take it without arithmetic; the threshold count of a window whose
-   corners all lie on one side of ``mask_threshold`` is its pixel count or zero.
+   temporaries fit ``budget_bytes`` (a band is at least one source row: ``K x w x 8``
+   bytes, 0.3 MB for 100 queries 384 wide).
+2. **Pruning.** In each window a reference query ``r`` (the top-left corner's winner)
+   is compared with every query ``k``: ``k`` can only win a pixel of the window if its
+   weighted corner values exceed ``r``'s at some corner (bilinear interpolation of the
+   difference is a convex combination of the corner differences), less a rounding
+   tolerance. Windows with one candidate take it without arithmetic; the threshold
+   count of a window whose corners all lie on one side of ``mask_threshold`` is its
+   pixel count or zero. (On a random Mask2Former-Swin-T, 100 queries, 1.25 candidates
+   per window remain; comparing window extremes instead of differences leaves 23.)
 3. **Exact evaluation** of the remaining (window, query) blocks with PyTorch's own
    weights (read from one-hot interpolations) and operation order (``fma`` where its
    CPU kernel fuses), checked bit for bit against ``F.interpolate`` on a probe for each
-   geometry before it is trusted (:mod:`segdemo.upsample` does the same).
+   geometry before it is trusted (:mod:`segdemo.upsample` does the same; the check
+   interpolates a 2-map probe at full size, once per geometry and process).
 4. **Fallback** (non-CPU tensors, NaN/inf, antialiased downsampling with more than two
    taps, or a geometry where the check fails: on PyTorch 2.13 CPU, outputs under about
    10k pixels): ``F.interpolate`` itself, in one call when it fits the budget (PyTorch's
