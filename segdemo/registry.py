@@ -10,11 +10,15 @@ A local checkpoint may carry a ``segdemo.json`` next to its ``config.json`` (eve
 optional)::
 
     {"palette": "camvid", "title": "SegFormer trained on CamVid",
-     "thresholds": {"threshold": 0.5, "mask_threshold": 0.5, "overlap_mask_area_threshold": 0.8}}
+     "thresholds": {"threshold": 0.5, "mask_threshold": 0.5, "overlap_mask_area_threshold": 0.8},
+     "thing_ids": [8, 9, 10]}
 
 Without a palette it is ``"camvid"`` when ``id2label`` is CamVid's 11 classes, else
 ``"generated"``. ``thresholds`` (any subset) are the model's recommended instance/panoptic
-thresholds (:attr:`ModelSpec.recommended_thresholds`).
+thresholds (:attr:`ModelSpec.recommended_thresholds`). ``thing_ids`` (universal models
+that ``train/run.py`` trained) are the countable classes; the others are stuff: panoptic
+results fuse them into one segment per class and instance results leave them out
+(:func:`segdemo.segment.segment`).
 
 Where a model's files come from, and whether they are there offline, is
 :mod:`segdemo.hub`'s business; loading is :mod:`segdemo.models`'.
@@ -96,6 +100,8 @@ class ModelSpec:
         description: one line on what it was trained on.
         recommended_thresholds: the instance/panoptic thresholds the model's
             ``segdemo.json`` recommends, ``None`` when it recommends none.
+        thing_ids: the class ids its ``segdemo.json`` declares countable, ``None`` when it
+            declares none (then nothing is fused or dropped: the pipeline's behaviour).
     """
 
     id: str
@@ -106,6 +112,7 @@ class ModelSpec:
     title: str = ""
     description: str = ""
     recommended_thresholds: Thresholds | None = None
+    thing_ids: frozenset[int] | None = None
 
     def supports(self, task: Task | str) -> bool:
         return Task.parse(task) in self.tasks
@@ -238,7 +245,20 @@ def local_spec(path: str | os.PathLike, model_id: str | None = None) -> ModelSpe
         title=str(extra.get("title") or path.name),
         description=str(extra.get("description") or f"local {kind} checkpoint"),
         recommended_thresholds=_recommended_thresholds(path, extra.get("thresholds")),
+        thing_ids=_thing_ids(path, extra.get("thing_ids")),
     )
+
+
+def _thing_ids(path: Path, values) -> frozenset[int] | None:
+    if values is None:
+        return None
+    id2label = read_config(path).get("id2label") or {}
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and str(v) in id2label for v in values
+    ):
+        logger.warning("%s: ignoring thing_ids in %s (not a list of class ids)", path, SPEC_FILE)
+        return None
+    return frozenset(values)
 
 
 def _recommended_thresholds(path: Path, values) -> Thresholds | None:

@@ -54,7 +54,9 @@ def segment(
         overlap_mask_area_threshold: panoptic (and OneFormer instance): drop a segment
             when less than this fraction of its mask survives the overlap resolution.
         label_ids_to_fuse: panoptic: class ids (stuff) whose segments merge into one
-            per class. ``None``: nothing fused, as in the pipeline.
+            per class. ``None``: the stuff of a model whose ``segdemo.json`` declares
+            ``thing_ids`` (``train/run.py``'s), else nothing, as in the pipeline. Instance
+            results of such a model hold its things only.
         max_size: cap on the longest side of the *model input* (the processor's resize
             target is shrunk to fit); the result is still at the image's resolution.
 
@@ -123,6 +125,9 @@ def result_from_outputs(
             segments_from_label_map(label_map, loaded.id2label),
             loaded.id2label,
         )
+    declared = loaded.spec.thing_ids  # from the checkpoint's segdemo.json, else None
+    if task is Task.PANOPTIC and label_ids_to_fuse is None and declared is not None:
+        label_ids_to_fuse = set(loaded.id2label) - set(declared)  # one segment per stuff class
     label_map, infos = universal_post.post_process(
         outputs,
         loaded.model_type,
@@ -133,7 +138,23 @@ def result_from_outputs(
         overlap_mask_area_threshold=overlap_mask_area_threshold,
         label_ids_to_fuse=set(label_ids_to_fuse or ()),
     )
+    if task is Task.INSTANCE and declared is not None:
+        label_map, infos = _things_only(label_map, infos, declared)
     return _to_result(loaded, task, label_map, infos, label_ids_to_fuse)
+
+
+def _things_only(
+    label_map: np.ndarray, infos: list[dict], thing_ids: frozenset[int]
+) -> tuple[np.ndarray, list[dict]]:
+    """Instance results of a model that declares its things: stuff segments (road, sky) are
+    dropped, their pixels become 0 and the kept segments are renumbered ``1..k`` in order."""
+    kept = [info for info in infos if int(info["label_id"]) in thing_ids]
+    if len(kept) == len(infos):
+        return label_map, infos
+    lookup = np.zeros(len(infos) + 1, np.int32)
+    for new_id, info in enumerate(kept, start=1):
+        lookup[info["id"]] = new_id
+    return lookup[label_map], [{**info, "id": lookup[info["id"]].item()} for info in kept]
 
 
 # --------------------------------------------------------------------------- model input
@@ -250,6 +271,9 @@ def _to_result(
 
 
 def _thing_ids(loaded: LoadedModel) -> set[int] | None:
+    """The model's countable classes: its segdemo.json's, else its processor's metadata."""
+    if loaded.spec.thing_ids is not None:
+        return set(loaded.spec.thing_ids)
     metadata = getattr(_image_processor(loaded), "metadata", None)
     if isinstance(metadata, dict) and "thing_ids" in metadata:
         return {int(i) for i in metadata["thing_ids"]}
