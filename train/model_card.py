@@ -5,8 +5,8 @@
 
 Everything in the card comes from the files train/run.py wrote into the folder:
 training_config.json (the arguments, hence the command that reproduces the run),
-eval_results.json (val metrics of the exported weights), per_class_iou.png and
-curves.png. Nothing about the model is typed by hand except the data licence and
+eval_results.json (val metrics of the exported weights: mIoU, PQ or mask AP by task),
+segdemo.json (thresholds the metrics were measured at), the per-class chart and curves.png. Nothing about the model is typed by hand except the data licence and
 attribution, which the training data does not carry.
 """
 
@@ -62,7 +62,13 @@ def _fmt(value: float | None) -> str:
 
 
 def model_card(
-    folder: Path, *, license: str, data_note: str, compute_note: str | None, defaults: dict
+    folder: Path,
+    *,
+    license: str,
+    data_note: str,
+    compute_note: str | None,
+    defaults: dict,
+    extra_note: str | None = None,
 ) -> str:
     config = json.loads((folder / "training_config.json").read_text())
     results = json.loads((folder / "eval_results.json").read_text())
@@ -73,6 +79,12 @@ def model_card(
     )
     model_config = json.loads((folder / "config.json").read_text())
     title = meta.get("title") or folder.name
+    task = config.get("task", "semantic")
+    auto = (
+        "AutoModelForSemanticSegmentation"
+        if task == "semantic"
+        else "AutoModelForUniversalSegmentation"
+    )
     arch = model_config.get("architectures", ["?"])[0]
     backbone = (model_config.get("backbone_config") or {}).get("model_type")
     lines = [
@@ -80,7 +92,7 @@ def model_card(
         f"license: {license}",
         "library_name: transformers",
         "pipeline_tag: image-segmentation",
-        "tags: [semantic-segmentation, segdemo]",
+        f"tags: [{task}-segmentation, segdemo]",
         "---",
         "",
         f"# {title}",
@@ -90,7 +102,7 @@ def model_card(
         + f", {len(config['id2label'])} classes, trained from `{config['model']}` by segdemo's"
         " `train/run.py`; this folder is that script's output, unedited (the script also wrote"
         " the charts below). Load it with `segdemo.checkpoint.load_checkpoint` or"
-        " `AutoModelForSemanticSegmentation.from_pretrained`; the weights are stored in"
+        f" `{auto}.from_pretrained`; the weights are stored in"
         f" {config.get('save_dtype', 'float32')} and load as float32.",
         "",
         "## Data",
@@ -112,10 +124,26 @@ def model_card(
     ]
     if compute_note:
         lines += ["", compute_note]
+    exported = "the last step" if config.get("export") == "last" else "the best val score"
     lines += [
         "",
-        f"## Validation metrics (exported weights: step {results['step']} of {config['total_steps']})",
+        f"## Validation metrics (exported weights: step {results['step']} of "
+        f"{config['total_steps']}, {exported})",
         "",
+        *(
+            _semantic_metrics(results)
+            if task == "semantic"
+            else _universal_metrics(task, results, meta)
+        ),
+    ]
+    if extra_note:
+        lines += ["", extra_note]
+    lines += ["", "![training curves](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def _semantic_metrics(results: dict) -> list[str]:
+    lines = [
         "| metric | value |",
         "| --- | --- |",
         f"| mean IoU | {_fmt(results['mean_iou'])} |",
@@ -129,16 +157,48 @@ def model_card(
         lines.append(
             f"| {name} | {_fmt(iou)} | {_fmt(results['per_category_accuracy'].get(name))} |"
         )
-    lines += [
+    return lines + [
         "",
         "Metrics have the semantics of 🤗 evaluate's `mean_iou` (segdemo.metrics).",
         "",
         "![per-class IoU](per_class_iou.png)",
-        "",
-        "![training curves](curves.png)",
-        "",
     ]
-    return "\n".join(lines)
+
+
+def _universal_metrics(task: str, results: dict, meta: dict) -> list[str]:
+    thresholds = ", ".join(f"{k} {v}" for k, v in (meta.get("thresholds") or {}).items())
+    if task == "panoptic":
+        lines = ["| | PQ | SQ | RQ |", "| --- | --- | --- | --- |"]
+        for part, suffix in (("all", ""), ("things", "_things"), ("stuff", "_stuff")):
+            lines.append(
+                f"| {part} | {_fmt(results['pq' + suffix])} | {_fmt(results['sq' + suffix])} |"
+                f" {_fmt(results['rq' + suffix])} |"
+            )
+        lines += [
+            "",
+            "| class | PQ | SQ | RQ | TP | FP | FN |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, c in results["per_category"].items():
+            lines.append(
+                f"| {name} | {_fmt(c['pq'])} | {_fmt(c['sq'])} | {_fmt(c['rq'])} |"
+                f" {c['tp']:.0f} | {c['fp']:.0f} | {c['fn']:.0f} |"
+            )
+        note = "PQ with panopticapi's rules (segdemo.panoptic_quality)"
+    else:
+        lines = ["| metric | value |", "| --- | --- |"]
+        for key in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large"):
+            lines.append(f"| {key} | {_fmt(results[key])} |")
+        lines += ["", "| class | AP |", "| --- | --- |"]
+        lines += [f"| {name} | {_fmt(ap)} |" for name, ap in results["per_category"].items()]
+        note = "COCO mask AP through pycocotools (segdemo.mask_ap)"
+    metric = "pq" if task == "panoptic" else "ap"
+    return lines + [
+        "",
+        f"{note}, post-processed at the thresholds the app starts from ({thresholds}).",
+        "",
+        f"![per-class {metric.upper()}](per_class_{metric}.png)",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         "--data-note", required=True, help="data source, licence and attribution (Markdown)"
     )
     parser.add_argument("--compute-note", help="how long it trained, on what (Markdown)")
+    parser.add_argument(
+        "--extra-note", help="after the metrics, e.g. a baseline comparison (Markdown)"
+    )
     args = parser.parse_args(argv)
     from train.options import DEFAULTS
 
@@ -173,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         data_note=args.data_note,
         compute_note=args.compute_note,
         defaults=DEFAULTS,
+        extra_note=args.extra_note,
     )
     outputs.write_bytes(args.folder / "README.md", card.encode())
     print(f"wrote {args.folder / 'README.md'}")
