@@ -146,9 +146,9 @@ call's updates to that call's event."""
 
 
 # One function per endpoint: gradio names the API parameters after these arguments.
-def semantic(image, model, opacity, progress=PROGRESS):
-    """Semantic segmentation: class per pixel."""
-    return _run(Task.SEMANTIC, image, model, {"alpha": opacity}, progress)
+def semantic(image, model, opacity, flip_tta=False, progress=PROGRESS):
+    """Semantic segmentation: class per pixel (``flip_tta``: average with the mirror image)."""
+    return _run(Task.SEMANTIC, image, model, {"alpha": opacity, "flip_tta": flip_tta}, progress)
 
 
 def _mask_task(task: Task, doc: str):
@@ -306,6 +306,15 @@ def create_task_tab(task: Task) -> None:
                 model = _model_dropdown(task, f"{name}-model")
                 _no_model_note(task)
                 sliders = [] if task is Task.SEMANTIC else _threshold_sliders(task, model)
+                extra = []
+                if task is Task.SEMANTIC:
+                    extra.append(
+                        gr.Checkbox(
+                            False,
+                            label="Flip test-time augmentation (averages with the mirror image; 2x time)",
+                            elem_id=f"{name}-tta",
+                        )
+                    )
                 opacity = _opacity_slider(f"{name}-opacity")
                 button = gr.Button("Segment", variant="primary", elem_id=f"{name}-run")
                 gr.Examples(examples=example_images(), inputs=image, cache_examples=False)
@@ -328,7 +337,7 @@ def create_task_tab(task: Task) -> None:
                     segments = gr.File(label="Segments (JSON)", height=90, elem_id=f"{name}-json")
         button.click(
             handler,
-            inputs=[image, model, *sliders, opacity],
+            inputs=[image, model, *sliders, opacity, *extra],
             outputs=[annotated, overlay, table, label_map, segments],
             api_name=name,
             concurrency_id=CONCURRENCY_ID,

@@ -86,6 +86,7 @@ def segment_stream(
     overlap_mask_area_threshold: float = DEFAULT_THRESHOLDS.overlap_mask_area_threshold,
     label_ids_to_fuse: set[int] | None = None,
     max_size: int | None = None,
+    tta: str | None = None,
 ) -> Iterator[Done[T]]:
     """Segment ``items`` in batches of up to ``batch_size`` images of one input shape.
 
@@ -94,7 +95,8 @@ def segment_stream(
         items: anything ``load`` turns into an RGB ``PIL.Image`` (paths, for example).
         load: reads one item; may raise ``SegdemoError`` or ``OSError`` (that item fails).
         task, threshold, mask_threshold, overlap_mask_area_threshold, label_ids_to_fuse,
-            max_size: as in :func:`segdemo.segment.segment`.
+            max_size, tta: as in :func:`segdemo.segment.segment` (``tta`` with
+            ``batch_size`` 1 only).
         batch_size: most images per forward pass (>= 1).
 
     Yields:
@@ -103,11 +105,13 @@ def segment_stream(
 
     Raises:
         UnsupportedTaskError: ``task`` is not one of ``loaded.tasks`` (before any item).
-        ValueError: ``batch_size`` < 1 or ``max_size`` < 32.
+        ValueError: ``batch_size`` < 1, ``max_size`` < 32, or ``tta`` with ``batch_size`` > 1.
     """
     task = loaded.check_task(task)
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size} must be at least 1")
+    if tta is not None and batch_size > 1:
+        raise ValueError("test-time augmentation runs one image at a time; use batch size 1")
     if max_size is not None and max_size < 32:
         raise ValueError(
             f"max_size {max_size} is too small; use at least 32 pixels (or None for no cap)"
@@ -119,7 +123,7 @@ def segment_stream(
         "label_ids_to_fuse": label_ids_to_fuse,
     }
     if batch_size == 1:  # the one-image path itself: nothing to group
-        yield from _one_by_one(loaded, items, load, task, post | {"max_size": max_size})
+        yield from _one_by_one(loaded, items, load, task, post | {"max_size": max_size, "tta": tta})
         return
     groups: dict[tuple, list[_Waiting]] = {}
     for item in items:

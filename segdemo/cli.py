@@ -99,6 +99,13 @@ def add_predict_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "--max-size", type=int, default=None, help="cap the model input's longest side (pixels)"
     )
     parser.add_argument(
+        "--tta",
+        choices=("flip",),
+        default=None,
+        help="semantic: average the image's and its mirror image's class scores (2 passes; "
+        "default off: the pipeline's result)",
+    )
+    parser.add_argument(
         "--recursive", action="store_true", help="also take the images in subfolders of folders"
     )
     parser.add_argument(
@@ -170,6 +177,11 @@ def run_predict(args: argparse.Namespace) -> int:
         return 1
     if args.batch_size < 1:
         _error(f"--batch-size {args.batch_size} must be at least 1")
+        return 1
+    if args.tta is not None and (args.batch_size > 1 or args.task != "semantic"):
+        _error(
+            "--tta flip runs one image at a time on the semantic task; drop --batch-size or --tta"
+        )
         return 1
     team = workers()  # before the model: on GPUs it picks this process's device
     with team.main_first():  # one process downloads a hub model, then the others read it
@@ -265,6 +277,7 @@ def _predict_share(args: argparse.Namespace, setup: _Setup, mine: list, show_bar
         batch_size=args.batch_size,
         **setup.thresholds.as_kwargs(),
         max_size=args.max_size,
+        tta=args.tta,
     )
     for done in stream:
         bar.update(1)

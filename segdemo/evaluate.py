@@ -165,7 +165,9 @@ def _progress(items: list, enabled: bool) -> Iterator:
     return iter(tqdm(items, desc="evaluate", unit="img", disable=None, file=sys.stderr))
 
 
-def model_predictor(model_id: str, max_size: int | None = None) -> tuple[Predictor, dict[int, str]]:
+def model_predictor(
+    model_id: str, max_size: int | None = None, tta: str | None = None
+) -> tuple[Predictor, dict[int, str]]:
     """A :data:`Predictor` running ``model_id`` (semantic task) and the model's ``id2label``.
 
     The photo is resized to the annotation's size first (if they differ), so the
@@ -187,7 +189,7 @@ def model_predictor(model_id: str, max_size: int | None = None) -> tuple[Predict
             raise EvaluateError(f"{name}: no image to run the model on")
         if (image.height, image.width) != tuple(size):
             image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        return segment(loaded, image, "semantic", max_size=max_size).label_map
+        return segment(loaded, image, "semantic", max_size=max_size, tta=tta).label_map
 
     return predict, loaded.id2label
 
@@ -301,6 +303,12 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
         "--max-size", type=int, default=None, help="cap on the model input's longest side"
     )
     parser.add_argument(
+        "--tta",
+        choices=("flip",),
+        default=None,
+        help="semantic --model: average the image's and its mirror image's class scores",
+    )
+    parser.add_argument(
         "--task",
         choices=("semantic", "instance", "panoptic"),
         default="semantic",
@@ -363,6 +371,10 @@ def _run(args: argparse.Namespace, team=None) -> dict:
     from segdemo.distributed import Workers
 
     team = team or Workers()
+    if getattr(args, "tta", None) is not None and (
+        getattr(args, "task", "semantic") != "semantic" or args.model is None
+    ):
+        raise EvaluateError("--tta flip applies to --task semantic with --model")
     if getattr(args, "task", "semantic") != "semantic":
         from segdemo.evaluate_universal import run_universal
 
@@ -383,7 +395,7 @@ def _run(args: argparse.Namespace, team=None) -> dict:
         source = {"pred_dir": str(args.pred_dir)}
     else:
         predict, model_labels = load_in_turn(
-            team, lambda: model_predictor(args.model, args.max_size)
+            team, lambda: model_predictor(args.model, args.max_size, args.tta)
         )
         if len(model_labels) != len(data_labels):
             raise EvaluateError(
@@ -391,7 +403,7 @@ def _run(args: argparse.Namespace, team=None) -> dict:
                 f"{len(data_labels)}; evaluate a model trained on this dataset's classes"
             )
         needs_image = True
-        source = {"model": args.model, "max_size": args.max_size}
+        source = {"model": args.model, "max_size": args.max_size, "tta": args.tta}
     matrix, id2label, count = gather_outcome(
         team,
         lambda: evaluate_folder(

@@ -31,6 +31,9 @@ from segdemo.result import Segment, SegmentationResult, Task, region_stats, segm
 from segdemo.thresholds import DEFAULT_THRESHOLDS
 from segdemo.upsample import upsample_argmax
 
+TTA_MODES = (None, "flip")
+"""Test-time augmentation of :func:`segment`: none (the default), or horizontal flip."""
+
 
 def segment(
     loaded: LoadedModel,
@@ -42,6 +45,7 @@ def segment(
     overlap_mask_area_threshold: float = DEFAULT_THRESHOLDS.overlap_mask_area_threshold,
     label_ids_to_fuse: set[int] | None = None,
     max_size: int | None = None,
+    tta: str | None = None,
 ) -> SegmentationResult:
     """Segment one image.
 
@@ -59,6 +63,9 @@ def segment(
             results of such a model hold its things only.
         max_size: cap on the longest side of the *model input* (the processor's resize
             target is shrunk to fit); the result is still at the image's resolution.
+        tta: ``None`` (default: one pass, the pipeline's result bit for bit) or ``"flip"``
+            (semantic only: the class scores of the image and of its mirror image, mirrored
+            back, are averaged before the argmax; two forward passes).
 
     Returns:
         :class:`SegmentationResult` at the image's ``(height, width)``: semantic label
@@ -68,9 +75,14 @@ def segment(
     Raises:
         UnsupportedTaskError: ``task`` is not one of ``loaded.tasks``.
         ImageError: ``image`` is not a usable image.
-        ValueError: ``max_size`` below 32.
+        ValueError: ``max_size`` below 32, or an unknown ``tta`` / ``tta`` with a task
+            other than semantic.
     """
     task = loaded.check_task(task)
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(map(str, TTA_MODES))}, got {tta!r}")
+    if tta is not None and task is not Task.SEMANTIC:
+        raise ValueError(f"flip TTA is for semantic segmentation, not {task.value}; drop it")
     if not (isinstance(image, Image.Image) and image.mode == "RGB"):
         image = load_image(image)
     if max_size is not None and max_size < 32:
@@ -80,6 +92,14 @@ def segment(
     target_size = (image.height, image.width)
     with torch.inference_mode():
         outputs = _forward(loaded, image, task, max_size)
+        if tta == "flip":
+            mirrored = _forward(
+                loaded, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), task, max_size
+            )
+            scores = (
+                semantic_scores(loaded, outputs) + semantic_scores(loaded, mirrored).flip(-1)
+            ) / 2
+            return _semantic_result(loaded, scores, target_size)
         return result_from_outputs(
             loaded,
             outputs,
@@ -111,20 +131,7 @@ def result_from_outputs(
             :func:`segment`.
     """
     if task is Task.SEMANTIC:
-        scores = (
-            _image_processor(loaded)
-            .post_process_semantic_segmentation(
-                outputs, target_sizes=None, return_segmentation_scores=True
-            )[0]
-            .segmentation_scores
-        )
-        label_map = upsample_argmax(scores, target_size)
-        return SegmentationResult(
-            task,
-            label_map,
-            segments_from_label_map(label_map, loaded.id2label),
-            loaded.id2label,
-        )
+        return _semantic_result(loaded, semantic_scores(loaded, outputs), target_size)
     declared = loaded.spec.thing_ids  # from the checkpoint's segdemo.json, else None
     if task is Task.PANOPTIC and label_ids_to_fuse is None and declared is not None:
         label_ids_to_fuse = set(loaded.id2label) - set(declared)  # one segment per stuff class
@@ -141,6 +148,30 @@ def result_from_outputs(
     if task is Task.INSTANCE and declared is not None:
         label_map, infos = _things_only(label_map, infos, declared)
     return _to_result(loaded, task, label_map, infos, label_ids_to_fuse)
+
+
+def semantic_scores(loaded: LoadedModel, outputs: Any) -> torch.Tensor:
+    """``C x h x w`` class scores of the first image of ``outputs`` at the model input's
+    size, from the processor's own semantic post-processing (as the pipeline)."""
+    return (
+        _image_processor(loaded)
+        .post_process_semantic_segmentation(
+            outputs, target_sizes=None, return_segmentation_scores=True
+        )[0]
+        .segmentation_scores
+    )
+
+
+def _semantic_result(
+    loaded: LoadedModel, scores: torch.Tensor, target_size: tuple[int, int]
+) -> SegmentationResult:
+    label_map = upsample_argmax(scores, target_size)
+    return SegmentationResult(
+        Task.SEMANTIC,
+        label_map,
+        segments_from_label_map(label_map, loaded.id2label),
+        loaded.id2label,
+    )
 
 
 def _things_only(
