@@ -48,7 +48,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segdemo.data import IMAGE_SUFFIXES, VAL_SPLITS, DatasetError, carve, read_id2label
+from segdemo.data import (
+    IMAGE_SUFFIXES,
+    VAL_SPLITS,
+    DatasetError,
+    carve,
+    open_hf_splits,
+    read_id2label,
+)
 from segdemo.images import ImageError, load_image
 
 TASKS = ("instance", "panoptic")
@@ -460,34 +467,9 @@ def _as_pil(value: Any) -> Image.Image:
 
 
 def _read_hf(name_or_path: str, val_fraction: float, seed: int) -> UniversalSplits:
-    try:
-        import datasets
-    except ImportError:
-        raise DatasetError(
-            "--dataset needs the optional package `datasets`: pip install datasets"
-        ) from None
+    train_table, val_table = open_hf_splits(name_or_path)
+    parts = {"train": train_table, "val": val_table}
     local = Path(name_or_path)
-    try:
-        table = (
-            datasets.load_from_disk(str(local))
-            if local.exists()
-            else datasets.load_dataset(name_or_path)
-        )
-    except Exception as err:  # datasets raises many types (FileNotFoundError, ConnectionError, ...)
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise DatasetError(
-            f"{name_or_path}: cannot load the dataset ({type(err).__name__}: {first}); "
-            "check the id and network, or pass a save_to_disk folder"
-        ) from None
-    if isinstance(table, datasets.DatasetDict):
-        if "train" not in table:
-            raise DatasetError(
-                f"{name_or_path}: no 'train' split (found {list(table)}); name it 'train'"
-            )
-        val_name = next((s for s in VAL_SPLITS if s in table), None)
-        parts = {"train": table["train"], "val": table[val_name] if val_name else None}
-    else:
-        parts = {"train": table, "val": None}
     id2label = _hf_id2label(name_or_path, local, parts["train"])
     train = HFUniversalSource(parts["train"], f"{name_or_path}[train]", len(id2label))
     if len(train) == 0:

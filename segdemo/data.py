@@ -372,6 +372,43 @@ def load_folder(root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int
     return Splits(train, val, id2label, val_carved=True)
 
 
+def open_hf_splits(name_or_path: str) -> tuple[Any, Any]:
+    """``(train, val or None)`` 🤗 ``datasets.Dataset`` tables of a hub id or ``save_to_disk``
+    folder: its ``train`` split and its ``validation``/``val`` split if any (a single
+    table is train). The one place segdemo opens a 🤗 dataset.
+
+    Raises:
+        DatasetError: ``datasets`` not installed, the dataset not loadable, no ``train`` split.
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetError(
+            "--dataset needs the optional package `datasets`: pip install datasets"
+        ) from None
+    local = Path(name_or_path)
+    try:
+        table = (
+            datasets.load_from_disk(str(local))
+            if local.exists()
+            else datasets.load_dataset(name_or_path)
+        )
+    except Exception as err:  # datasets raises many types (FileNotFoundError, ConnectionError, ...)
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise DatasetError(
+            f"{name_or_path}: cannot load the dataset ({type(err).__name__}: {first}); "
+            "check the id and network, or pass a save_to_disk folder"
+        ) from None
+    if not isinstance(table, datasets.DatasetDict):
+        return table, None
+    if "train" not in table:
+        raise DatasetError(
+            f"{name_or_path}: no 'train' split (found {list(table)}); name the training split 'train'"
+        )
+    val_name = next((s for s in VAL_SPLITS if s in table), None)
+    return table["train"], (table[val_name] if val_name else None)
+
+
 def load_hf(
     name_or_path: str,
     *,
@@ -387,34 +424,10 @@ def load_hf(
     Raises:
         DatasetError: ``datasets`` not installed, dataset not loadable, columns missing, no names.
     """
-    try:
-        import datasets
-    except ImportError:
-        raise DatasetError(
-            "--dataset needs the optional package `datasets`: pip install datasets"
-        ) from None
+    train_table, val_table = open_hf_splits(name_or_path)
     local = Path(name_or_path)
-    try:
-        table = (
-            datasets.load_from_disk(str(local))
-            if local.exists()
-            else datasets.load_dataset(name_or_path)
-        )
-    except Exception as err:  # datasets raises many types (FileNotFoundError, ConnectionError, DatasetNotFoundError)
-        raise DatasetError(
-            f"{name_or_path}: cannot load the dataset ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-            "check the id and network, or pass a save_to_disk folder"
-        ) from None
-    if isinstance(table, datasets.DatasetDict):
-        if "train" not in table:
-            raise DatasetError(
-                f"{name_or_path}: no 'train' split (found {list(table)}); name the training split 'train'"
-            )
-        val_name = next((s for s in VAL_SPLITS if s in table), None)
-        train = HFSource(table["train"], f"{name_or_path}[train]")
-        val = HFSource(table[val_name], f"{name_or_path}[{val_name}]") if val_name else None
-    else:
-        train, val = HFSource(table, name_or_path), None
+    train = HFSource(train_table, f"{name_or_path}[train]")
+    val = HFSource(val_table, f"{name_or_path}[val]") if val_table is not None else None
     names = read_id2label(id2label) if id2label else _hf_id2label(name_or_path, local)
     if len(train) == 0:
         raise DatasetError(f"{train.title}: the train split is empty")
