@@ -9,7 +9,8 @@ Skips when /usr/bin/chromium is missing (``apt-get install chromium``), except u
 CI (env ``CI`` set), where a missing browser is a failure.
 
 The README's screenshot comes from the same helpers, with the app's real models:
-``HF_HUB_OFFLINE=1 python -m tests.test_browser docs/screenshot.png`` (see :func:`main`).
+``HF_HUB_OFFLINE=1 python -m tests.test_browser docs/screenshot.png`` (see :func:`main`;
+``--tab panoptic`` for docs/screenshot_panoptic.png).
 """
 
 from __future__ import annotations
@@ -180,8 +181,9 @@ def _leaves_machine(url: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Screenshot the Semantic tab after a run on an example, with the models the app
-    finds (``checkpoints/`` or ``$SEGDEMO_CHECKPOINTS``) and its default model."""
+    """Screenshot a task tab (default: Semantic) after a run on an example, with the models
+    the app finds (``checkpoints/`` or ``$SEGDEMO_CHECKPOINTS``), its default model and the
+    thresholds the page starts from."""
     import argparse
 
     from PIL import Image
@@ -190,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.test_browser", description=main.__doc__)
     parser.add_argument("out", type=Path, help="PNG to write, e.g. docs/screenshot.png")
     parser.add_argument("--example", default=PHOTO.name, help="file name in examples/")
+    parser.add_argument(
+        "--tab", default="semantic", choices=("semantic", "instance", "panoptic"), help="task tab"
+    )
     args = parser.parse_args(argv)
     import app
 
@@ -204,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             page.set_default_timeout(TIMEOUT_MS)
             page.goto(demo.local_url, wait_until="load")
             page.wait_for_selector("#semantic-run")
-            _pick_example(page, "semantic", args.example)
-            legend = _run_and_read_legend(page, "semantic", 0.5)
+            if args.tab != "semantic":
+                page.get_by_role("tab", name=args.tab.capitalize()).click()
+            _pick_example(page, args.tab, args.example)
+            legend = _run_and_read_legend(page, args.tab, 0.5)
             page.screenshot(path=str(args.out), full_page=True)
             browser.close()
         # 256 colours: a third of the bytes, and the UI and overlay look the same

@@ -17,8 +17,9 @@ import pytest
 
 from segdemo import load_image
 from segdemo.models import load_model
-from segdemo.registry import EMBEDDED_PANOPTIC_MODEL_ID, default_model, get_spec
+from segdemo.registry import EMBEDDED_PANOPTIC_MODEL_ID, get_spec
 from segdemo.segment import segment
+from segdemo.service import default_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "camvid_0016E5_07959.jpg"

@@ -77,7 +77,7 @@ def test_exports_what_the_app_needs(shapes, tmp_path):
     assert extra["thresholds"] == {
         "threshold": 0.3,
         "mask_threshold": 0.5,
-        "overlap_mask_area_threshold": 0.8,
+        "overlap_mask_area_threshold": 0.5,
     }
     report = json.loads((out / "eval_results.json").read_text())
     assert {"pq", "sq", "rq", "pq_things", "pq_stuff", "per_category"} <= set(report)

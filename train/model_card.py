@@ -69,9 +69,12 @@ def model_card(
     compute_note: str | None,
     defaults: dict,
     extra_note: str | None = None,
+    results_file: Path | None = None,
 ) -> str:
     config = json.loads((folder / "training_config.json").read_text())
     results = json.loads((folder / "eval_results.json").read_text())
+    if results_file is not None:  # a later `segdemo evaluate` of the same weights
+        results = {"step": results["step"], **json.loads(results_file.read_text())}
     meta = (
         json.loads((folder / "segdemo.json").read_text())
         if (folder / "segdemo.json").is_file()
@@ -100,8 +103,14 @@ def model_card(
         f"`{arch}`"
         + (f" with a `{backbone}` backbone" if backbone else "")
         + f", {len(config['id2label'])} classes, trained from `{config['model']}` by segdemo's"
-        " `train/run.py`; this folder is that script's output, unedited (the script also wrote"
-        " the charts below). Load it with `segdemo.checkpoint.load_checkpoint` or"
+        " `train/run.py`; this folder is that script's output, "
+        + (
+            "unedited but for segdemo.json's thresholds, set after training (see below)"
+            if results_file is not None
+            else "unedited"
+        )
+        + " (the script also wrote the charts below). Load it with"
+        " `segdemo.checkpoint.load_checkpoint` or"
         f" `{auto}.from_pretrained`; the weights are stored in"
         f" {config.get('save_dtype', 'float32')} and load as float32.",
         "",
@@ -216,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--extra-note", help="after the metrics, e.g. a baseline comparison (Markdown)"
     )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="metrics of the exported weights from `python -m segdemo evaluate --out FILE` "
+        "instead of eval_results.json (e.g. at thresholds chosen after training)",
+    )
     args = parser.parse_args(argv)
     from train.options import DEFAULTS
 
@@ -237,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         compute_note=args.compute_note,
         defaults=DEFAULTS,
         extra_note=args.extra_note,
+        results_file=args.results,
     )
     outputs.write_bytes(args.folder / "README.md", card.encode())
     print(f"wrote {args.folder / 'README.md'}")
