@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -220,19 +219,10 @@ def saved_predictor(pred_dir: str | os.PathLike) -> Predictor:
 
 
 def build_report(metrics: dict, id2label: dict[int, str], evaluation: dict) -> dict:
-    """JSON-ready report: per-category values keyed by class name, NaN -> ``None``."""
-    names = [id2label[i] for i in range(len(id2label))]
-    if len(set(names)) != len(names):  # keep duplicate names apart
-        names = [f"{i}:{name}" for i, name in enumerate(names)]
+    """JSON-ready report (:func:`segdemo.metrics.metrics_report`) plus what was evaluated."""
+    from segdemo.metrics import metrics_report
 
-    def clean(value: float) -> float | None:
-        return None if math.isnan(value) else float(value)
-
-    report = {key: clean(metrics[key]) for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
-    for key in ("per_category_iou", "per_category_accuracy"):
-        report[key] = {name: clean(v) for name, v in zip(names, metrics[key], strict=True)}
-    report["evaluation"] = evaluation
-    return report
+    return {**metrics_report(metrics, id2label), "evaluation": evaluation}
 
 
 def format_table(report: dict) -> str:

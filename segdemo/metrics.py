@@ -280,3 +280,22 @@ class ConfusionMatrix:
                 "per_category_iou": iou,
                 "per_category_accuracy": acc,
             }
+
+
+def metrics_report(metrics: dict, id2label: dict[int, str]) -> dict:
+    """:meth:`ConfusionMatrix.compute`'s result as a JSON-ready report: ``mean_iou``,
+    ``mean_accuracy``, ``overall_accuracy`` and the per-category values keyed by class name
+    (``"i:name"`` for every class when names repeat, so none is lost); NaN -> ``None``.
+    The one report of training's evaluation and ``python -m segdemo evaluate``."""
+    names = [id2label[i] for i in range(len(id2label))]
+    if len(set(names)) != len(names):  # keep duplicate names apart
+        names = [f"{i}:{name}" for i, name in enumerate(names)]
+
+    def clean(value: float) -> float | None:
+        value = float(value)
+        return None if np.isnan(value) else value
+
+    report = {key: clean(metrics[key]) for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
+    for key in ("per_category_iou", "per_category_accuracy"):
+        report[key] = {name: clean(v) for name, v in zip(names, metrics[key], strict=True)}
+    return report

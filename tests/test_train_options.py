@@ -119,3 +119,23 @@ def test_export_last_follows_the_last_step_and_val_groups_reach_the_run(tmp_path
     assert result["best"]["step"] == 3
     config = json.loads((out / "training_config.json").read_text())
     assert (config["train_samples"], config["val_samples"]) == (6, 3)
+
+
+def test_training_and_evaluate_report_duplicate_class_names_alike():
+    """One report builder (segdemo.metrics.metrics_report) for train/run.py and evaluate:
+    repeated class names are kept apart as "i:name" by both."""
+    import numpy as np
+
+    from segdemo.evaluate import build_report
+    from segdemo.metrics import ConfusionMatrix
+    from train import semantic
+
+    cm = ConfusionMatrix(3, ignore_index=255)
+    cm.update(np.array([[0, 1, 2, 2]]), np.array([[0, 1, 1, 2]]))
+    metrics = cm.compute()
+    id2label = {0: "car", 1: "car", 2: "road"}
+    report = build_report(metrics, id2label, {"images": 1})
+    assert list(report["per_category_iou"]) == ["0:car", "1:car", "2:road"]
+    assert semantic.metrics_report(metrics, id2label) == {
+        k: v for k, v in report.items() if k != "evaluation"
+    }

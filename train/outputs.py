@@ -111,11 +111,6 @@ def write_bytes(path: Path, content: bytes) -> None:
     os.replace(tmp, path)
 
 
-def by_name(values: Any, id2label: dict[int, str]) -> dict[str, float | None]:
-    """Per-class array -> ``{class name: value}`` (NaN -> None)."""
-    return {id2label[i]: clean(float(v)) for i, v in enumerate(values)}
-
-
 # --------------------------------------------------------------------------- charts
 
 

@@ -14,9 +14,8 @@ import torch
 
 from segdemo import data, transforms
 from segdemo.labels import IGNORE_INDEX
-from segdemo.metrics import ConfusionMatrix
+from segdemo.metrics import ConfusionMatrix, metrics_report
 from segdemo.upsample import upsample_argmax
-from train import outputs
 
 METRIC = "mean_iou"
 
@@ -119,14 +118,6 @@ class SemanticRecipe:
 
     def segdemo_json(self) -> dict:
         return {}
-
-
-def metrics_report(metrics: dict, id2label: dict[int, str]) -> dict:
-    """Metrics with per-class arrays keyed by class name (NaN -> None), JSON-ready."""
-    report = {k: float(v) for k, v in metrics.items() if not k.startswith("per_category")}
-    report["per_category_iou"] = outputs.by_name(metrics["per_category_iou"], id2label)
-    report["per_category_accuracy"] = outputs.by_name(metrics["per_category_accuracy"], id2label)
-    return outputs.clean(report)
 
 
 def enet_class_weights(pixel_counts) -> torch.Tensor:
