@@ -23,7 +23,7 @@ Commands (from the repository root; everything distributed goes through ``accele
 
     # panoptic (stuff + things) from COCO panoptic folders, e.g. CamVid converted by
     # `python -m segdemo convert semantic-to-panoptic`; the backbone starts from our semantic model
-    accelerate launch train/run.py --task panoptic --model mask2former-resnet-s \
+    accelerate launch train/run.py --task panoptic --model mask2former-resnet-s \\
         --init-backbone-from checkpoints/segdemo-camvid --data-dir DIR ...
 
     # instance: COCO instances JSON folders, the panoptic layout's things, or a 🤗 dataset
@@ -36,8 +36,8 @@ Running the same command again resumes from ``OUTPUT/state/step-N`` (the newest 
 state: model, optimizer, scheduler, RNGs, epoch and batch position); ``--no-resume`` starts
 over. ``OUTPUT`` itself is the exported HF checkpoint (config.json + model.safetensors +
 preprocessor_config.json): the weights with the best val metric so far (mIoU, PQ or mask
-AP), evaluated every
-``--eval-every`` steps (default: every epoch) and at the end. The app lists
+AP; ``--export last``: the last step's), evaluated every ``--eval-every`` steps (default:
+every epoch) and at the end. The app lists
 ``checkpoints/NAME`` by itself. Labels: ``--reduce-labels`` / ``--ignore-index`` describe
 the raw annotation values; :mod:`segdemo.labels` converts them once, and the model's own
 loss ignores :data:`segdemo.labels.IGNORE_INDEX`. See docs/training.md.
