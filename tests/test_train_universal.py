@@ -238,3 +238,30 @@ def test_two_process_panoptic_evaluation_equals_one_process(shapes, tmp_path):
     ]
     assert sum(counts) > 5  # the five val images' segments were all counted, once
     assert np.isfinite(sum(counts))
+
+
+def test_a_hub_id_fine_tunes_with_a_new_label_set(shapes, tmp_path, monkeypatch):
+    """``--model org/name`` resolves through the HF cache (offline here) by the one resolver;
+    the checkpoint's 4 classes become the dataset's with a new class head, the rest kept."""
+    from builders import make_hf_cache
+    from huggingface_hub import constants
+
+    tiny = build_tiny("mask2former", tmp_path / "m2f", id2label={0: "a", 1: "b", 2: "c"})
+    cache = tmp_path / "hub"
+    make_hf_cache(cache, "someone/m2f-tiny", tiny)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, _ = modeling.load_start_model(
+        "someone/m2f-tiny", ID2LABEL, (64, 64), (64, 64), task="panoptic"
+    )
+    assert model.config.id2label == ID2LABEL
+    donor = load_checkpoint(tiny)[0].state_dict()
+    kept = [k for k in donor if "class_predictor" not in k and "empty_weight" not in k]
+    got = model.state_dict()
+    assert kept and all(torch.equal(got[k], donor[k]) for k in kept)
+    assert got["class_predictor.weight"].shape[0] == len(ID2LABEL) + 1
+    with pytest.raises(SystemExit, match="--model someone/missing"):
+        run.main(
+            [*SMALL, "--task", "panoptic", "--model", "someone/missing", "--data-dir", str(shapes)]
+            + ["--output-dir", str(tmp_path / "o")]
+        )
