@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from segdemo.data import (
     carve,
     open_hf_splits,
     read_id2label,
+    sum_over_samples,
 )
 from segdemo.images import ImageError, load_image
 
@@ -161,16 +161,20 @@ class _PanopticRecord:
     segments: tuple[tuple[int, int, bool], ...]  # (segment id, model class id or -1, iscrowd)
 
 
-class PanopticSource(UniversalSource):
-    """A COCO panoptic split; segments of categories left out (``-1``) become void."""
+class _ListedSource(UniversalSource):
+    """A split listed in a COCO JSON: one record per image (``name``, ``image`` path)."""
 
-    def __init__(self, json_path: Path, records: list[_PanopticRecord]):
+    def __init__(self, json_path: Path, records: list):
         self.json_path = json_path
         self.records = records
         self.names = [r.name for r in records]
 
     def describe(self, index: int) -> str:
         return str(self.records[index].image)
+
+
+class PanopticSource(_ListedSource):
+    """A COCO panoptic split; segments of categories left out (``-1``) become void."""
 
     def __getitem__(self, index: int) -> tuple[Image.Image, Target]:
         record = self.records[index]
@@ -292,16 +296,8 @@ class _InstanceRecord:
     annotations: tuple[tuple[int, int, bool, Any], ...]  # (ann id, class id, iscrowd, segmentation)
 
 
-class InstancesSource(UniversalSource):
+class InstancesSource(_ListedSource):
     """A COCO instances split; masks decoded by ``pycocotools.mask`` at the JSON's size."""
-
-    def __init__(self, json_path: Path, records: list[_InstanceRecord]):
-        self.json_path = json_path
-        self.records = records
-        self.names = [r.name for r in records]
-
-    def describe(self, index: int) -> str:
-        return str(self.records[index].image)
 
     def __getitem__(self, index: int) -> tuple[Image.Image, Target]:
         from pycocotools import mask as mask_utils
@@ -610,13 +606,7 @@ def _count_segments(source: UniversalSource, num_labels: int, workers: int | Non
             return DatasetError(f"{source.describe(index)}: class id outside 0..{num_labels - 1}")
         return np.bincount(target.class_ids[~target.iscrowd], minlength=num_labels)
 
-    total = np.zeros(num_labels, np.int64)
-    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-        for result in pool.map(check, range(len(source))):
-            if isinstance(result, DatasetError):
-                raise result
-            total += result
-    return total
+    return sum_over_samples(check, len(source), num_labels, workers)
 
 
 # --------------------------------------------------------------------------- helpers

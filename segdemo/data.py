@@ -31,7 +31,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -518,10 +518,22 @@ def validate(
             return err
         return np.bincount(labels[labels != IGNORE_INDEX].ravel(), minlength=num_labels)
 
-    counts = np.zeros(num_labels, np.int64)
+    return sum_over_samples(check, len(source), num_labels, workers)
+
+
+def sum_over_samples(
+    check: Callable[[int], np.ndarray | DatasetError],
+    count: int,
+    num_labels: int,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Run ``check(i)`` for every sample on a thread pool (decoding releases the GIL) and
+    sum its ``(num_labels,) int64`` results; the first :class:`DatasetError` it returns, in
+    index order, is raised."""
+    total = np.zeros(num_labels, np.int64)
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-        for result in pool.map(check, range(len(source))):
+        for result in pool.map(check, range(count)):
             if isinstance(result, DatasetError):
                 raise result
-            counts += result
-    return counts
+            total += result
+    return total

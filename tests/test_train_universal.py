@@ -18,7 +18,12 @@ import torch
 from builders import build_tiny
 from safetensors.torch import load_file
 from synthetic_panoptic import ID2LABEL, write_panoptic_folder
-from test_train import ROOT, _free_port, subprocess_env
+from test_train import (  # one_thread: test_train's autouse one-BLAS-thread fixture
+    ROOT,
+    _free_port,
+    one_thread,  # noqa: F401
+    subprocess_env,
+)
 
 from segdemo.checkpoint import load_checkpoint
 from segdemo.registry import discover_local
@@ -26,14 +31,6 @@ from segdemo.result import Task
 from train import modeling, run
 
 SMALL = ["--image-size", "64", "64", "--crop-size", "64", "--num-workers", "0"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

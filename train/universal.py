@@ -24,6 +24,7 @@ import torch
 
 from segdemo import coco, universal_post, universal_transforms
 from segdemo.evaluate_universal import score_image, summarize
+from segdemo.thresholds import Thresholds
 from train import outputs
 
 
@@ -52,6 +53,9 @@ class UniversalRecipe:
         self.thing_ids = sorted(self.splits.thing_ids)
         self.stuff_ids = sorted(set(self.id2label) - set(self.thing_ids))
         self._image_ids = {name: i for i, name in enumerate(self.splits.val.names)}
+        self.thresholds = Thresholds(
+            args.threshold, args.mask_threshold, args.overlap_mask_area_threshold
+        )
 
     # ------------------------------------------------------------------ data
     def train_set(self, processor: Any) -> torch.utils.data.Dataset:
@@ -140,9 +144,7 @@ class UniversalRecipe:
                 self.task,
                 target_size=tuple(int(v) for v in size),
                 index=index,
-                threshold=self.args.threshold,
-                mask_threshold=self.args.mask_threshold,
-                overlap_mask_area_threshold=self.args.overlap_mask_area_threshold,
+                **self.thresholds.as_kwargs(),
                 label_ids_to_fuse=set(self.stuff_ids) if self.task == "panoptic" else None,
             )
             for index, size in enumerate(sizes)
@@ -156,9 +158,5 @@ class UniversalRecipe:
         """What the app needs to serve the model as it was measured."""
         return {
             "thing_ids": self.thing_ids,
-            "thresholds": {
-                "threshold": self.args.threshold,
-                "mask_threshold": self.args.mask_threshold,
-                "overlap_mask_area_threshold": self.args.overlap_mask_area_threshold,
-            },
+            "thresholds": self.thresholds.as_kwargs(),
         }
