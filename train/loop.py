@@ -1,10 +1,11 @@
 """The training loop shared by the three tasks: steps, evaluation, export, resume states.
 
 One optimizer step per ``--grad-accum`` batches; every ``eval_every`` steps the recipe
-evaluates on val, and when its metric improves the main process exports the weights as a
-checkpoint (atomic swap, :func:`segdemo.checkpoint.save_checkpoint`). Every ``save_every``
-steps all processes write a resume state (model, optimizer, scheduler, RNGs, sampler
-position) that the next run with the same ``--output-dir`` continues from.
+evaluates on val, and when its metric improves the main process exports the weights (or,
+with ``--ema-decay``, their moving average, :mod:`train.ema`) as a checkpoint (atomic swap,
+:func:`segdemo.checkpoint.save_checkpoint`). Every ``save_every`` steps all processes write
+a resume state (model, optimizer, scheduler, EMA, RNGs, sampler position) that the next run
+with the same ``--output-dir`` continues from.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Trainer:
     processor: Any
     optimizer: Any
     scheduler: Any
+    ema: Any  # train.ema.make_ema's AveragedModel (--ema-decay), or None
     train_loader: Any
     val_loader: Any
     total_steps: int
@@ -121,6 +123,8 @@ class Trainer:
                 if not accelerator.sync_gradients:
                     continue
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(accelerator.unwrap_model(self.model))
                 p.step += 1
                 bar.update()
                 epoch_done = batch_index + 1 == len(self.train_loader)
@@ -172,8 +176,9 @@ class Trainer:
     def evaluate_and_export(self, epoch_done: bool) -> None:
         """Evaluate on val; export when the recipe's metric improved; write history + curves."""
         accelerator, p, metric = self.accelerator, self.progress, self.recipe.metric
-        self.model.eval()  # BatchNorm statistics and dropout as at inference
-        report = self.recipe.evaluate(self.model, self.val_loader, accelerator)
+        evaluated = self.model if self.ema is None else self.ema.module
+        evaluated.eval()  # BatchNorm statistics and dropout as at inference
+        report = self.recipe.evaluate(evaluated, self.val_loader, accelerator)
         self.model.train()
         p.history["eval"].append({"step": p.step, "epoch": p.epoch + int(epoch_done), **report})
         value = report[metric]
@@ -206,7 +211,7 @@ class Trainer:
         extra.update(self.recipe.segdemo_json())
         save_checkpoint(
             self.output_dir,
-            self.accelerator.unwrap_model(self.model),
+            self.accelerator.unwrap_model(self.model) if self.ema is None else self.ema.module,
             self.processor,
             extra_files={
                 "training_config.json": json.dumps(outputs.clean(self.run_config), indent=2),

@@ -154,6 +154,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("--warmup-steps", 0, "linear warm-up from 0 to --lr", dict(type=int)),
     Option("--grad-accum", 1, "batches accumulated per optimizer step", dict(type=int)),
+    Option(
+        "--ema-decay",
+        None,
+        "evaluate and export an exponential moving average of the weights with this decay "
+        "(e.g. 0.999; warmed up as min(decay, (1+n)/(10+n)) after n steps); default: off",
+        dict(type=float),
+    ),
     # --- inputs and augmentation
     Option(
         "--image-size",
@@ -286,6 +293,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     for name in ("threshold", "mask_threshold", "overlap_mask_area_threshold"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if args.ema_decay is not None and not 0.0 < args.ema_decay < 1.0:
+        parser.error(f"--ema-decay must be between 0 and 1 (exclusive), got {args.ema_decay}")
     from segdemo import hub
 
     if args.push_to_hub and hub.offline():

@@ -63,6 +63,7 @@ from segdemo.checkpoint import CheckpointError  # noqa: E402
 from segdemo.data import DatasetError  # noqa: E402
 from segdemo.fast_decoder import use_fast_decoder  # noqa: E402
 from train import outputs  # noqa: E402
+from train.ema import make_ema  # noqa: E402
 from train.loop import Trainer  # noqa: E402
 from train.modeling import check_task, load_eval_model, load_start_model  # noqa: E402
 from train.options import parse_args  # noqa: E402
@@ -99,6 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     scheduler = make_scheduler(args, optimizer, total_steps)
     accelerator.register_for_checkpointing(scheduler)
+    ema = None
+    if args.ema_decay is not None:  # an average of the prepared (on-device) weights
+        ema = make_ema(accelerator.unwrap_model(model), args.ema_decay)
+        accelerator.register_for_checkpointing(ema)  # resume states carry the average
 
     trainer = Trainer(
         args=args,
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
         processor=processor,
         optimizer=optimizer,
         scheduler=scheduler,
+        ema=ema,
         train_loader=train_loader,
         val_loader=val_loader,
         total_steps=total_steps,
