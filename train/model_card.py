@@ -25,6 +25,21 @@ from train import outputs  # noqa: E402
 
 # arguments that describe the machine or the bookkeeping, not the recipe
 _NOT_RECIPE = {"resume", "no_resume", "eval_only", "push_to_hub", "hub_model_id"}
+# arguments a held-out run may differ in from the shipped run of the same recipe
+_NOT_SCHEDULE = _NOT_RECIPE | {
+    "output_dir", "val_groups", "train_on_val", "export", "eval_every", "save_every",
+    "save_total_limit", "log_every", "num_workers", "title", "palette", "save_dtype",
+}  # fmt: skip
+
+
+def recipe_differences(config: dict, other: dict, defaults: dict) -> list[str]:
+    """The ``--flags`` whose values differ between two runs' training_config.json, ignoring
+    data splits, output and bookkeeping (what a held-out run of the same recipe changes)."""
+    return [
+        "--" + key.replace("_", "-")
+        for key, default in defaults.items()
+        if key not in _NOT_SCHEDULE and config.get(key, default) != other.get(key, default)
+    ]
 
 
 def reproduce_command(config: dict, defaults: dict) -> str:
@@ -32,6 +47,8 @@ def reproduce_command(config: dict, defaults: dict) -> str:
     parts = ["accelerate", "launch"]
     if config.get("num_processes", 1) > 1:
         parts += ["--multi_gpu", "--num_processes", str(config["num_processes"])]
+    if config.get("mixed_precision", "no") != "no":
+        parts += ["--mixed_precision", config["mixed_precision"]]
     parts.append("train/run.py")
     for key, default in defaults.items():
         value = config.get(key, default)
@@ -70,7 +87,10 @@ def model_card(
     defaults: dict,
     extra_note: str | None = None,
     results_file: Path | None = None,
+    heldout: tuple[Path, Path] | None = None,
 ) -> str:
+    """The card's Markdown. ``heldout``: ``(run folder, metrics JSON)`` of the same recipe
+    trained with ``--val-groups`` and scored on those groups by ``segdemo evaluate``."""
     config = json.loads((folder / "training_config.json").read_text())
     results = json.loads((folder / "eval_results.json").read_text())
     if results_file is not None:  # a later `segdemo evaluate` of the same weights
@@ -133,11 +153,19 @@ def model_card(
     ]
     if compute_note:
         lines += ["", compute_note]
+    if heldout is not None:
+        lines += _heldout_metrics(config, *heldout, defaults)
     exported = "the last step" if config.get("export") == "last" else "the best val score"
+    trained_on_val = (
+        "; val images were trained on (--train-on-val): training-set scores, not an estimate"
+        " for new images"
+        if config.get("train_on_val")
+        else ""
+    )
     lines += [
         "",
         f"## Validation metrics (exported weights: step {results['step']} of "
-        f"{config['total_steps']}, {exported})",
+        f"{config['total_steps']}, {exported}{trained_on_val})",
         "",
         *(
             _semantic_metrics(results)
@@ -149,6 +177,37 @@ def model_card(
         lines += ["", extra_note]
     lines += ["", "![training curves](curves.png)", ""]
     return "\n".join(lines)
+
+
+def _heldout_metrics(config: dict, run: Path, metrics: Path, defaults: dict) -> list[str]:
+    """The held-out section: the run's command, what it left out, its metrics."""
+    run_config = json.loads((run / "training_config.json").read_text())
+    groups = run_config.get("val_groups")
+    if not groups:
+        raise SystemExit(f"--heldout-run {run}: that run held no group out (no --val-groups)")
+    differences = recipe_differences(config, run_config, defaults)
+    if differences:
+        raise SystemExit(
+            f"--heldout-run {run}: not this model's recipe (differs in {', '.join(differences)})"
+        )
+    results = json.loads(metrics.read_text())
+    return [
+        "",
+        f"## Held-out metrics (group {groups}: never trained on)",
+        "",
+        f"The same recipe trained on the other {run_config['train_samples']} images (everything"
+        f" but {groups}) and scored, last step ({run_config['total_steps']}), on the"
+        f" {run_config['val_samples']} images of {groups} by `python -m segdemo evaluate` in"
+        f" float32. The exported weights also trained on {groups}; these figures are what to"
+        " expect on footage from a new drive. The recipe was chosen on this group"
+        " (docs/training.md, \"Choosing the recipe on a held-out drive\").",
+        "",
+        "```bash",
+        reproduce_command(run_config, defaults),
+        "```",
+        "",
+        *_semantic_metrics(results),
+    ]
 
 
 def _semantic_metrics(results: dict) -> list[str]:
@@ -231,6 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         help="metrics of the exported weights from `python -m segdemo evaluate --out FILE` "
         "instead of eval_results.json (e.g. at thresholds chosen after training)",
     )
+    parser.add_argument(
+        "--heldout",
+        nargs=2,
+        type=Path,
+        metavar=("RUN", "METRICS"),
+        help="a --val-groups run of the same recipe and its `segdemo evaluate --out` JSON on "
+        "the held-out groups: the card reports them first",
+    )
     args = parser.parse_args(argv)
     from train.options import DEFAULTS
 
@@ -253,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         defaults=DEFAULTS,
         extra_note=args.extra_note,
         results_file=args.results,
+        heldout=tuple(args.heldout) if args.heldout else None,
     )
     outputs.write_bytes(args.folder / "README.md", card.encode())
     print(f"wrote {args.folder / 'README.md'}")

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The CamVid recipe sweep of docs/training.md ("Choosing the recipe on a held-out drive"):
+# every row trains on CamVid train+val minus drive 0001TP and is scored on 0001TP (62 images,
+# a drive no row trains on), last-step weights (--export last: nothing selected on 0001TP).
+#
+#   bash bench/camvid_recipe_sweep.sh ROW [ROW...]   # e.g. A-base; `all` runs every row
+#
+# Each row: /tmp/camvid-sweep/ROW (checkpoint), ROW.log, and ROW.heldout.{none,flip}.json
+# (`python -m segdemo evaluate` on 0001TP without / with flip TTA, fp32 as the app runs).
+# Rows run bf16 autocast, one torch thread each (two rows side by side on the 2-core VM).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/datasets/camvid}
+OUT=${OUT:-/tmp/camvid-sweep}
+HELD=0001TP
+mkdir -p "$OUT"
+
+# the drive's frames as a one-split folder dataset for `segdemo evaluate`
+heldout="$OUT/heldout-$HELD"
+if [ ! -d "$heldout/val/images" ]; then
+  mkdir -p "$heldout/val/images" "$heldout/val/annotations"
+  cp "$DATA/id2label.json" "$heldout/"
+  for image in "$DATA"/train/images/"$HELD"_* "$DATA"/val/images/"$HELD"_*; do
+    [ -e "$image" ] || continue
+    split=$(basename "$(dirname "$(dirname "$image")")")
+    stem=$(basename "${image%.*}")
+    ln -sf "$(realpath "$image")" "$heldout/val/images/"
+    ln -sf "$(realpath "$DATA/$split/annotations/$stem.png")" "$heldout/val/annotations/"
+  done
+fi
+
+BASE=(--model upernet-resnet-s --image-size 240 320 --crop-size 192 256 --scale-range 0.75 1.75
+      --class-weights enet --max-steps 800)
+declare -A ROWS=(
+  [A-base]=""                                                       # session 1's recipe, 800 steps
+  [B-noweights]="--class-weights none"
+  [C-strongaug]="--scale-range 0.5 2.0 --jitter 0.4 0.4 0.4 0.1"
+  [D-segformer]="--model segformer-b0"                              # fast decoder (the default)
+  [E-ema]="--ema-decay 0.999"
+  [F-native]="--image-size 360 480 --crop-size 288 384"               # 2.7x the step time
+  [F2-native-small-crops]="--image-size 360 480"                    # A's crops, native input
+  [G-long]="--max-steps 4000 --ema-decay 0.999"
+)
+
+run_row() {
+  local name=$1
+  # later flags override BASE's (argparse keeps the last value)
+  # shellcheck disable=SC2086
+  ACCELERATE_MIXED_PRECISION=bf16 OMP_NUM_THREADS=1 python train/run.py \
+    --data-dir "$DATA" --ignore-index 11 --palette camvid \
+    --val-groups "$HELD" --export last --eval-every 200 --log-every 20 --num-workers 1 \
+    --batch-size 8 --lr 2e-3 --weight-decay 0.01 --scheduler poly --warmup-steps 100 --seed 0 \
+    "${BASE[@]}" ${ROWS[$name]} --output-dir "$OUT/$name" > "$OUT/$name.log" 2>&1
+  for tta in none flip; do
+    local flags=()
+    [ "$tta" = flip ] && flags=(--tta flip)
+    OMP_NUM_THREADS=1 python -m segdemo evaluate --model "$OUT/$name" --data-dir "$heldout" \
+      --ignore-index 11 --out "$OUT/$name.heldout.$tta.json" "${flags[@]}" > /dev/null
+    python -c "import json; r = json.load(open('$OUT/$name.heldout.$tta.json')); \
+print('$name', 'tta=$tta', 'held-out $HELD mIoU %.4f' % r['mean_iou'])"
+  done
+}
+
+rows=("$@")
+[ "${rows[0]:-all}" = all ] && rows=(A-base B-noweights C-strongaug D-segformer E-ema F-native F2-native-small-crops G-long)
+for name in "${rows[@]}"; do
+  [ -n "${ROWS[$name]+x}" ] || { echo "unknown row $name (rows: ${!ROWS[*]})" >&2; exit 2; }
+  run_row "$name"
+done

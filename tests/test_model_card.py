@@ -1,0 +1,87 @@
+"""train/model_card.py: a model trained on train+val reports the held-out run of its recipe
+first, and refuses a held-out run of another recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from train import model_card
+from train.options import DEFAULTS
+
+ID2LABEL = {"0": "sky", "1": "road"}
+
+
+def _metrics(miou: float) -> dict:
+    return {
+        "mean_iou": miou,
+        "mean_accuracy": 0.8,
+        "overall_accuracy": 0.9,
+        "per_category_iou": {"sky": miou + 0.1, "road": miou - 0.1},
+        "per_category_accuracy": {"sky": 0.8, "road": 0.8},
+    }
+
+
+def _run(folder: Path, **arguments) -> Path:
+    """A train/run.py output folder as the card reads it (files only, no weights)."""
+    folder.mkdir(parents=True)
+    config = {
+        **DEFAULTS,
+        "model": "upernet-resnet-s",
+        "data_dir": "camvid",
+        "lr": 2e-3,
+        "max_steps": 4000,
+        "export": "last",
+        **arguments,
+        "id2label": ID2LABEL,
+        "train_samples": 468,
+        "val_samples": 101,
+        "total_steps": 4000,
+        "image_size": [240, 320],
+    }
+    (folder / "training_config.json").write_text(json.dumps(config))
+    (folder / "eval_results.json").write_text(json.dumps({"step": 4000, **_metrics(0.6)}))
+    (folder / "config.json").write_text(json.dumps({"architectures": ["UperNetX"]}))
+    return folder
+
+
+def _card(tmp_path: Path, heldout_arguments: dict) -> str:
+    shipped = _run(tmp_path / "shipped", train_on_val=True, output_dir="checkpoints/x")
+    heldout = _run(tmp_path / "heldout", **heldout_arguments)
+    metrics = tmp_path / "heldout.json"
+    metrics.write_text(json.dumps(_metrics(0.4321)))
+    return model_card.model_card(
+        shipped,
+        license="cc-by-nc-4.0",
+        data_note="data",
+        compute_note=None,
+        defaults=DEFAULTS,
+        heldout=(heldout, metrics),
+    )
+
+
+def test_the_held_out_run_comes_first_with_its_command(tmp_path):
+    card = _card(tmp_path, {"val_groups": "0001TP", "output_dir": "/tmp/held"})
+    held = card.index("## Held-out metrics (group 0001TP: never trained on)")
+    val = card.index("## Validation metrics")
+    assert held < val
+    section = card[held:val]
+    assert "| mean IoU | 0.4321 |" in section
+    assert "--val-groups 0001TP" in section and "--lr 0.002" in section
+    assert "| mean IoU | 0.6000 |" in card[val:]
+    assert "training-set scores" in card[val:].splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"val_groups": "0001TP", "lr": 1e-3}, "differs in --lr"),
+        ({"val_groups": "0001TP", "max_steps": 800, "ema_decay": 0.999}, "--max-steps, --ema"),
+        ({}, "held no group out"),
+    ],
+)
+def test_a_held_out_run_of_another_recipe_is_refused(tmp_path, arguments, message):
+    with pytest.raises(SystemExit, match=message):
+        _card(tmp_path, arguments)
