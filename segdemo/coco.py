@@ -564,27 +564,32 @@ def load_universal(
 
 
 def validate_universal(
-    splits: UniversalSplits, task: str, *, workers: int | None = None
+    splits: UniversalSplits,
+    task: str,
+    *,
+    check: tuple[str, ...] = ("train", "val"),
+    workers: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Read every sample of both splits once and check it can be trained and scored on.
+    """Read every sample of the ``check`` splits once and check it can be trained and scored
+    on (evaluation alone checks ``("val",)``).
 
     Checks (besides those of :func:`load_universal`): splits not empty, images and PNGs
     decode, sizes agree, PNG ids are listed in ``segments_info``, class ids are known, and
     (instance) the train split has at least one non-crowd thing. Runs on a thread pool.
 
     Returns:
-        ``{"train": counts, "val": counts}``, ``(C,) int64`` non-crowd segments per class.
+        ``{split: counts}`` for each checked split, ``(C,) int64`` non-crowd segments per class.
 
     Raises:
         DatasetError: the first bad sample in index order, naming its file.
     """
     counts = {}
-    for split in ("train", "val"):
+    for split in check:
         source = getattr(splits, split)
         if len(source) == 0:
             raise DatasetError(f"the {split} split is empty; add images and annotations")
         counts[split] = _count_segments(source, len(splits.id2label), workers)
-    if task == "instance":
+    if task == "instance" and "train" in counts:
         things = sorted(splits.thing_ids)
         if not counts["train"][things].sum():
             raise DatasetError(

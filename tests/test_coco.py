@@ -502,6 +502,15 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, layout, break_it, file,
     assert text in message
 
 
+def test_evaluation_alone_checks_the_val_split_only(tmp_path):
+    root = write_panoptic(tmp_path / "d")
+    (root / "train/images/train_1.png").write_bytes(b"\x89PNG broken")
+    splits = load_universal("panoptic", data_dir=root)
+    with pytest.raises(DatasetError, match="train_1.png"):
+        validate_universal(splits, "panoptic")
+    assert set(validate_universal(splits, "panoptic", check=("val",))) == {"val"}
+
+
 def test_instance_training_needs_some_thing(tmp_path):
     root = write_panoptic(tmp_path / "pan")
     for split in ("train", "val"):

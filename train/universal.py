@@ -48,7 +48,9 @@ class UniversalRecipe:
             val_fraction=args.val_fraction,
             seed=args.seed,
         )
-        coco.validate_universal(self.splits, self.task)
+        coco.validate_universal(
+            self.splits, self.task, check=("train", "val") if need_train else ("val",)
+        )
         self.id2label = self.splits.id2label
         self.thing_ids = sorted(self.splits.thing_ids)
         self.stuff_ids = sorted(set(self.id2label) - set(self.thing_ids))
