@@ -312,7 +312,7 @@ def load_checkpoint(
     kind = model_type(folder)
     use_safetensors = check_weights(folder, allow_pickle or allow_pickle_from_env())
     model = _load_model(folder, kind, use_safetensors)
-    processor = _load_processor(folder, kind)
+    processor = load_processor(folder, kind)
     model.to(device)
     model.eval()
     return model, processor
@@ -416,8 +416,15 @@ def _load_model(folder: Path, kind: str, use_safetensors: bool) -> Any:
     return model
 
 
-def _load_processor(folder: Path, kind: str) -> Any:
-    if not any((folder / n).is_file() for n in PROCESSOR_FILES):
+def has_processor(folder: Path) -> bool:
+    """Whether ``folder`` holds a saved image processor (backbone-only repos may not)."""
+    return any((folder / n).is_file() for n in PROCESSOR_FILES)
+
+
+def load_processor(folder: Path, kind: str) -> Any:
+    """The image processor saved in ``folder`` (PIL backend, no remote code), for a model of
+    type ``kind``; :class:`CheckpointError` (one line) when it is missing or unreadable."""
+    if not has_processor(folder):
         raise CheckpointError(
             f"{folder}: preprocessor_config.json is missing; save the image processor with the model"
         )

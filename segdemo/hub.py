@@ -27,6 +27,7 @@ from segdemo.checkpoint import (
     SAFETENSORS_FILES,
     TOKENIZER_FILES,
     CheckpointError,
+    has_processor,
     is_checkpoint,
     oneformer_image_processor_config,
     read_config,
@@ -155,7 +156,7 @@ def is_complete_snapshot(folder: str | os.PathLike) -> bool:
     return (
         (folder / "config.json").is_file()
         and any((folder / n).is_file() for n in SAFETENSORS_FILES)
-        and any((folder / n).is_file() for n in PROCESSOR_FILES)
+        and has_processor(folder)
     )
 
 

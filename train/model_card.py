@@ -200,7 +200,7 @@ def _heldout_metrics(config: dict, run: Path, metrics: Path, defaults: dict) -> 
         f" {run_config['val_samples']} images of {groups} by `python -m segdemo evaluate` in"
         f" float32. The exported weights also trained on {groups}; these figures are what to"
         " expect on footage from a new drive. The recipe was chosen on this group"
-        " (docs/training.md, \"Choosing the recipe on a held-out drive\").",
+        ' (docs/training.md, "Choosing the recipe on a held-out drive").',
         "",
         "```bash",
         reproduce_command(run_config, defaults),

@@ -124,11 +124,7 @@ def check_task(name: str, task: str) -> None:
 def _load_with_new_head(
     folder: Path, kind: str, id2label: dict[int, str], image_size: tuple[int, int]
 ) -> tuple[Any, Any]:
-    from transformers import (
-        AutoImageProcessor,
-        AutoModelForSemanticSegmentation,
-        AutoModelForUniversalSegmentation,
-    )
+    from transformers import AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation
 
     auto = (
         AutoModelForUniversalSegmentation
@@ -146,11 +142,9 @@ def _load_with_new_head(
         use_safetensors=check_weights(folder, checkpoint.allow_pickle_from_env()),
         dtype=torch.float32,
     )
-    try:
-        processor = AutoImageProcessor.from_pretrained(
-            folder, local_files_only=True, backend="pil", trust_remote_code=False
-        )
-    except OSError:  # backbone-only repos (e.g. nvidia/mit-b0) may lack one
+    if checkpoint.has_processor(folder):
+        processor = checkpoint.load_processor(folder, kind)
+    else:  # backbone-only repos (e.g. nvidia/mit-b0) have none: the preset's
         processor = (
             presets.make_universal_processor(image_size, len(id2label))
             if checkpoint.is_universal(kind)
