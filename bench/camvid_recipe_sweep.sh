@@ -33,8 +33,10 @@ BASE=(--model upernet-resnet-s --image-size 240 320 --crop-size 192 256 --scale-
       --class-weights enet --max-steps 800)
 declare -A ROWS=(
   [A-base]=""                                                       # session 1's recipe, 800 steps
+  [A-seed1]="--seed 1"                                              # A again: what a seed changes
   [B-noweights]="--class-weights none"
   [C-strongaug]="--scale-range 0.5 2.0 --jitter 0.4 0.4 0.4 0.1"
+  [C2-strongcolour]="--jitter 0.5 0.5 0.5 0.1"                      # colour only, A's scales
   [D-segformer]="--model segformer-b0"                              # fast decoder (the default)
   [E-ema]="--ema-decay 0.999"
   [F-native]="--image-size 360 480 --crop-size 288 384"               # 2.7x the step time
@@ -62,7 +64,7 @@ print('$name', 'tta=$tta', 'held-out $HELD mIoU %.4f' % r['mean_iou'])"
 }
 
 rows=("$@")
-[ "${rows[0]:-all}" = all ] && rows=(A-base B-noweights C-strongaug D-segformer E-ema F-native F2-native-small-crops G-long)
+[ "${rows[0]:-all}" = all ] && rows=(A-base A-seed1 B-noweights C-strongaug C2-strongcolour D-segformer E-ema F-native F2-native-small-crops G-long)
 for name in "${rows[@]}"; do
   [ -n "${ROWS[$name]+x}" ] || { echo "unknown row $name (rows: ${!ROWS[*]})" >&2; exit 2; }
   run_row "$name"

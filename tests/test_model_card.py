@@ -71,6 +71,7 @@ def test_the_held_out_run_comes_first_with_its_command(tmp_path):
     assert "| mean IoU | 0.4321 |" in section
     assert "--val-groups 0001TP" in section and "--lr 0.002" in section
     assert "| mean IoU | 0.6000 |" in card[val:]
+    assert "per_class_iou.png" not in section  # the folder's chart is of the val split
     assert "training-set scores" in card[val:].splitlines()[0]
 
 

@@ -206,11 +206,12 @@ def _heldout_metrics(config: dict, run: Path, metrics: Path, defaults: dict) -> 
         reproduce_command(run_config, defaults),
         "```",
         "",
-        *_semantic_metrics(results),
+        *_semantic_metrics(results, chart=False),  # the folder's chart is of its own val
     ]
 
 
-def _semantic_metrics(results: dict) -> list[str]:
+def _semantic_metrics(results: dict, *, chart: bool = True) -> list[str]:
+    """The mIoU tables; ``chart``: and the run's per-class chart (of its own val split)."""
     lines = [
         "| metric | value |",
         "| --- | --- |",
@@ -225,12 +226,8 @@ def _semantic_metrics(results: dict) -> list[str]:
         lines.append(
             f"| {name} | {_fmt(iou)} | {_fmt(results['per_category_accuracy'].get(name))} |"
         )
-    return lines + [
-        "",
-        "Metrics have the semantics of 🤗 evaluate's `mean_iou` (segdemo.metrics).",
-        "",
-        "![per-class IoU](per_class_iou.png)",
-    ]
+    lines += ["", "Metrics have the semantics of 🤗 evaluate's `mean_iou` (segdemo.metrics)."]
+    return lines + (["", "![per-class IoU](per_class_iou.png)"] if chart else [])
 
 
 def _universal_metrics(task: str, results: dict, meta: dict) -> list[str]:
