@@ -41,7 +41,8 @@ declare -A ROWS=(
   [E-ema]="--ema-decay 0.999"
   [F-native]="--image-size 360 480 --crop-size 288 384"               # 2.7x the step time
   [F2-native-small-crops]="--image-size 360 480"                    # A's crops, native input
-  [G-long]="--max-steps 4000 --ema-decay 0.999"
+  [G-long]="--max-steps 4000 --ema-decay 0.999"                     # the shipped recipe
+  [G2-long-colour]="--max-steps 4000 --ema-decay 0.999 --jitter 0.5 0.5 0.5 0.1"
 )
 
 run_row() {
@@ -64,7 +65,7 @@ print('$name', 'tta=$tta', 'held-out $HELD mIoU %.4f' % r['mean_iou'])"
 }
 
 rows=("$@")
-[ "${rows[0]:-all}" = all ] && rows=(A-base A-seed1 B-noweights C-strongaug C2-strongcolour D-segformer E-ema F-native F2-native-small-crops G-long)
+[ "${rows[0]:-all}" = all ] && rows=(A-base A-seed1 B-noweights C-strongaug C2-strongcolour D-segformer E-ema F-native F2-native-small-crops G-long G2-long-colour)
 for name in "${rows[@]}"; do
   [ -n "${ROWS[$name]+x}" ] || { echo "unknown row $name (rows: ${!ROWS[*]})" >&2; exit 2; }
   run_row "$name"
