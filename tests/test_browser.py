@@ -121,6 +121,15 @@ def _run_and_read_legend(page, tab: str, opacity: float) -> list[str]:
         }""",
         arg=[masks, before],
     )
+    # the new images are in the page; wait until the browser has decoded every one of them
+    # (under load the legend is there before the pictures, and a screenshot shows none)
+    page.wait_for_function(
+        """(tab) => {
+            const imgs = [...document.querySelectorAll(`#${tab}-annotated img, #${tab}-overlay img`)];
+            return imgs.length > 1 && imgs.every((img) => img.complete && img.naturalWidth > 0);
+        }""",
+        arg=tab,
+    )
     return [
         text.strip() for text in page.locator(f"#{tab}-annotated .legend-item").all_inner_texts()
     ]
