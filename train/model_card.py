@@ -184,11 +184,11 @@ def _heldout_metrics(config: dict, run: Path, metrics: Path, defaults: dict) -> 
     run_config = json.loads((run / "training_config.json").read_text())
     groups = run_config.get("val_groups")
     if not groups:
-        raise SystemExit(f"--heldout-run {run}: that run held no group out (no --val-groups)")
+        raise SystemExit(f"--heldout {run}: that run held no group out (no --val-groups)")
     differences = recipe_differences(config, run_config, defaults)
     if differences:
         raise SystemExit(
-            f"--heldout-run {run}: not this model's recipe (differs in {', '.join(differences)})"
+            f"--heldout {run}: not this model's recipe (differs in {', '.join(differences)})"
         )
     results = json.loads(metrics.read_text())
     return [
@@ -199,7 +199,8 @@ def _heldout_metrics(config: dict, run: Path, metrics: Path, defaults: dict) -> 
         f" but {groups}) and scored, last step ({run_config['total_steps']}), on the"
         f" {run_config['val_samples']} images of {groups} by `python -m segdemo evaluate` in"
         f" float32. The exported weights also trained on {groups}; these figures are what to"
-        " expect on footage from a new drive. The recipe was chosen on this group"
+        " expect on images from a group (here: a drive) never trained on. The recipe was chosen"
+        " on this group"
         ' (docs/training.md, "Choosing the recipe on a held-out drive").',
         "",
         "```bash",
