@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,14 @@ import numpy as np
 from PIL import Image
 
 from segdemo.data import (
+    GROUP_PATTERN,
     IMAGE_SUFFIXES,
     VAL_SPLITS,
     DatasetError,
     carve,
     open_hf_splits,
     read_id2label,
+    split_by_groups,
     sum_over_samples,
 )
 from segdemo.images import ImageError, load_image
@@ -148,6 +150,39 @@ class UniversalSubset(UniversalSource):
 
     def __getitem__(self, index: int) -> tuple[Image.Image, Target]:
         return self.source[self.indices[index]]
+
+
+class UniversalConcat(UniversalSource):
+    """Several sources as one (their samples in order); names must stay unique."""
+
+    def __init__(self, *sources: UniversalSource):
+        self.parts = [(source, i) for source in sources for i in range(len(source))]
+        self.names = [source.names[i] for source, i in self.parts]
+
+    def describe(self, index: int) -> str:
+        source, i = self.parts[index]
+        return source.describe(i)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, Target]:
+        source, i = self.parts[index]
+        return source[i]
+
+
+def hold_out_groups(
+    splits: UniversalSplits, val_groups: Sequence[str], *, pattern: str = GROUP_PATTERN
+) -> UniversalSplits:
+    """:func:`segdemo.data.hold_out_groups` for instance/panoptic splits: train and val
+    pooled, val = the samples of ``val_groups`` (empty: everything trains, val kept)."""
+    pooled = UniversalConcat(splits.train, splits.val)
+    if not val_groups:
+        return replace(splits, train=pooled, val_carved=False)
+    train, val = split_by_groups(pooled.names, val_groups, pattern=pattern)
+    return replace(
+        splits,
+        train=UniversalSubset(pooled, train),
+        val=UniversalSubset(pooled, val),
+        val_carved=True,
+    )
 
 
 # --------------------------------------------------------------------------- COCO panoptic

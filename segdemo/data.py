@@ -316,21 +316,17 @@ def group_of(name: str, pattern: str = GROUP_PATTERN) -> str:
     return match.group(1) if match and match.groups() else stem
 
 
-def hold_out_groups(
-    splits: Splits, val_groups: Sequence[str], *, pattern: str = GROUP_PATTERN
-) -> Splits:
-    """Train and val pooled, then split by group: val = every image whose group is in
-    ``val_groups``, train = all others. ``val_groups`` empty: everything trains and the
-    original val split is kept for monitoring (its scores are then on training data).
+def split_by_groups(
+    names: Sequence[str], val_groups: Sequence[str], *, pattern: str = GROUP_PATTERN
+) -> tuple[list[int], list[int]]:
+    """``(train indices, val indices)`` of pooled samples named ``names``: val = every sample
+    whose group (:func:`group_of`) is in ``val_groups`` (non-empty), train = all others.
 
     Raises:
-        DatasetError: a group that no image has (the message lists the groups there are),
-            or groups that would leave train or val empty.
+        DatasetError: a group that no sample has (the message lists the groups there are),
+            or groups that would leave train empty.
     """
-    pooled = Concat(splits.train, splits.val)
-    if not val_groups:
-        return Splits(pooled, splits.val, splits.id2label, val_carved=False)
-    groups = [group_of(pooled.name(i), pattern) for i in range(len(pooled))]
+    groups = [group_of(name, pattern) for name in names]
     known = sorted(set(groups))
     unknown = [g for g in val_groups if g not in known]
     if unknown:
@@ -344,6 +340,20 @@ def hold_out_groups(
         raise DatasetError(
             f"--val-groups {','.join(val_groups)} holds out every image; keep one group to train on"
         )
+    return train, val
+
+
+def hold_out_groups(
+    splits: Splits, val_groups: Sequence[str], *, pattern: str = GROUP_PATTERN
+) -> Splits:
+    """Train and val pooled, then split by group (:func:`split_by_groups`). ``val_groups``
+    empty: everything trains and the original val split is kept for monitoring (its scores
+    are then on training data)."""
+    pooled = Concat(splits.train, splits.val)
+    if not val_groups:
+        return Splits(pooled, splits.val, splits.id2label, val_carved=False)
+    names = [pooled.name(i) for i in range(len(pooled))]
+    train, val = split_by_groups(names, val_groups, pattern=pattern)
     return Splits(Subset(pooled, train), Subset(pooled, val), splits.id2label, val_carved=True)
 
 

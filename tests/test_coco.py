@@ -511,6 +511,26 @@ def test_evaluation_alone_checks_the_val_split_only(tmp_path):
     assert set(validate_universal(splits, "panoptic", check=("val",))) == {"val"}
 
 
+def test_val_groups_hold_out_whole_groups_of_a_panoptic_folder(tmp_path):
+    """train/run.py --task panoptic --val-groups: train + val pooled, split by group."""
+    from train.options import parse_args
+    from train.universal import UniversalRecipe
+
+    root = write_panoptic(tmp_path / "d")  # train_0..2, val_0..1
+    argv = ["--task", "panoptic", "--data-dir", str(root), "--group-pattern", r"^[a-z]+_(\d)"]
+    held = UniversalRecipe(parse_args([*argv, "--val-groups", "0,1"])).splits
+    assert sorted(held.val.names) == ["train_0", "train_1", "val_0", "val_1"]
+    assert held.train.names == ["train_2"] and held.val_carved
+    index = held.val.names.index("val_1")
+    assert held.val.describe(index).endswith("val/images/val_1.png")
+    original = load_universal("panoptic", data_dir=root).val[1][1]
+    np.testing.assert_array_equal(held.val[index][1].masks, original.masks)  # that sample's
+    pooled = UniversalRecipe(parse_args([*argv, "--train-on-val"])).splits
+    assert len(pooled.train) == 5 and pooled.val.names == ["val_0", "val_1"]
+    with pytest.raises(DatasetError, match=r"--val-groups 7: .*0, 1, 2"):
+        UniversalRecipe(parse_args([*argv, "--val-groups", "7"]))
+
+
 def test_instance_training_needs_some_thing(tmp_path):
     root = write_panoptic(tmp_path / "pan")
     for split in ("train", "val"):

@@ -87,7 +87,6 @@ def test_unknown_val_group_names_the_groups_there_are():
     "given, message",
     [
         (["--val-groups", "a", "--train-on-val"], "pick one"),
-        (["--task", "panoptic", "--val-groups", "a"], "are for --task semantic"),
     ],
 )
 def test_group_options_conflicts(given, message, capsys):

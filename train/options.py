@@ -90,7 +90,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--val-groups",
         None,
-        "semantic: pool train and val, then validate on the images of these groups (comma "
+        "pool train and val, then validate on the images of these groups (comma "
         "list, e.g. 0001TP) and train on the others: a held-out drive, not frames of the "
         "drives trained on (CamVid's val is one of its train drives)",
     ),
@@ -103,7 +103,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--train-on-val",
         False,
-        "semantic: train on train + val (a recipe chosen on a held-out group, run on all the "
+        "train on train + val (a recipe chosen on a held-out group, run on all the "
         "data); val scores are then on training images, so use --export last",
         dict(action="store_true"),
     ),
@@ -271,6 +271,14 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def held_out_groups(args: argparse.Namespace) -> list[str] | None:
+    """The groups ``--val-groups`` holds out (``[]`` with ``--train-on-val``: none, all
+    train), or ``None`` when the data's own splits are used."""
+    if args.val_groups is None and not args.train_on_val:
+        return None
+    return [g for g in (args.val_groups or "").split(",") if g]
+
+
 def parse_args(argv: list[str] | None = None, description: str | None = None) -> argparse.Namespace:
     """Parse and check ``argv``; sizes become ``(height, width)`` tuples."""
     parser = build_parser(description)
@@ -288,8 +296,6 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
         parser.error("give the data: --data-dir DIR or --dataset ID_OR_FOLDER")
     if args.val_groups is not None and args.train_on_val:
         parser.error("--val-groups holds a group out and --train-on-val trains on val: pick one")
-    if args.task != "semantic" and (args.val_groups is not None or args.train_on_val):
-        parser.error("--val-groups and --train-on-val are for --task semantic")
     for name in ("threshold", "mask_threshold", "overlap_mask_area_threshold"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")

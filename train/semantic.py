@@ -16,6 +16,7 @@ from segdemo import data, transforms
 from segdemo.labels import IGNORE_INDEX
 from segdemo.metrics import ConfusionMatrix, metrics_report
 from segdemo.upsample import upsample_argmax
+from train.options import held_out_groups
 
 METRIC = "mean_iou"
 
@@ -42,8 +43,8 @@ class SemanticRecipe:
             self.splits = data.load_hf(
                 args.dataset, id2label=args.id2label, val_fraction=args.val_fraction, seed=args.seed
             )
-        if args.val_groups is not None or args.train_on_val:
-            groups = [g for g in (args.val_groups or "").split(",") if g]
+        groups = held_out_groups(args)
+        if groups is not None:
             self.splits = data.hold_out_groups(self.splits, groups, pattern=args.group_pattern)
         self.id2label = self.splits.id2label
         self.label_args = dict(reduce_labels=args.reduce_labels, ignore_index=args.ignore_index)

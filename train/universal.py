@@ -26,6 +26,7 @@ from segdemo import coco, universal_post, universal_transforms
 from segdemo.evaluate_universal import score_image, summarize
 from segdemo.thresholds import Thresholds
 from train import outputs
+from train.options import held_out_groups
 
 
 class UniversalRecipe:
@@ -48,6 +49,9 @@ class UniversalRecipe:
             val_fraction=args.val_fraction,
             seed=args.seed,
         )
+        groups = held_out_groups(args)
+        if groups is not None:
+            self.splits = coco.hold_out_groups(self.splits, groups, pattern=args.group_pattern)
         coco.validate_universal(
             self.splits, self.task, check=("train", "val") if need_train else ("val",)
         )
