@@ -108,7 +108,7 @@ def test_two_processes_predict_each_image_once_with_the_one_process_files(photos
     assert done.returncode == 1, done.stderr[-3000:]
     # every image exactly once, by one of the two processes
     written = sorted(re.findall(r"^(\S+): \d+ segments -> ", done.stdout, re.M))
-    assert written == [str(root / name) for name in names]
+    assert written == [str(root / name) for name in names], (done.stdout, done.stderr[-3000:])
     # byte-identical label maps, segment lists and overlays, at the relative paths
     files = _files(two)
     assert files == _files(one)
