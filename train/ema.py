@@ -20,15 +20,21 @@ def warmed_up_decay(decay: float, updates: int) -> float:
     return min(decay, (1.0 + updates) / (10.0 + updates))
 
 
+def check_decay(decay: float) -> None:
+    """The one bound on ``--ema-decay``: ``ValueError`` (one line) unless 0 < decay < 1."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"--ema-decay must be between 0 and 1 (exclusive), got {decay}")
+
+
 def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
-    """An fp32 EMA copy of ``model`` (unwrapped, on its device); ``decay`` in (0, 1).
+    """An EMA copy of ``model`` (unwrapped; same device and dtype, fp32 in training);
+    ``decay`` in (0, 1).
 
     Call ``ema.update_parameters(model)`` after each optimizer step; ``ema.module`` is the
     averaged model (evaluate it, export it). It is an ``nn.Module``: register it with
     ``accelerator.register_for_checkpointing`` so resume states carry it.
     """
-    if not 0.0 < decay < 1.0:
-        raise ValueError(f"--ema-decay must be between 0 and 1 (exclusive), got {decay}")
+    check_decay(decay)
 
     @torch.no_grad()
     def lerp_all(averaged: list[torch.Tensor], current: list[torch.Tensor], updates) -> None:

@@ -299,8 +299,13 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     for name in ("threshold", "mask_threshold", "overlap_mask_area_threshold"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
-    if args.ema_decay is not None and not 0.0 < args.ema_decay < 1.0:
-        parser.error(f"--ema-decay must be between 0 and 1 (exclusive), got {args.ema_decay}")
+    if args.ema_decay is not None:
+        from train.ema import check_decay
+
+        try:
+            check_decay(args.ema_decay)
+        except ValueError as err:
+            parser.error(str(err))
     from segdemo import hub
 
     if args.push_to_hub and hub.offline():
