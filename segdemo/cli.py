@@ -283,7 +283,7 @@ def _predict_share(args: argparse.Namespace, setup: _Setup, mine: list, show_bar
         bar.update(1)
         item = done.item
         if done.error is not None:
-            tqdm.write(f"error: {_failure_message(item.label, done.error)}", file=sys.stderr)
+            _write_line(f"error: {_failure_message(item.label, done.error)}", sys.stderr)
             failed += 1
             continue
         folder = out / Path(item.name).parent
@@ -300,12 +300,24 @@ def _predict_share(args: argparse.Namespace, setup: _Setup, mine: list, show_bar
         )
         written += 1
         segments = len(done.result.segments)
-        tqdm.write(f"{item.path}: {segments} segments -> {folder / name}_*.png", file=sys.stdout)
+        _write_line(f"{item.path}: {segments} segments -> {folder / name}_*.png", sys.stdout)
     bar.close()
     # before the processes meet again: a launcher may end the others once the main one exits
     sys.stdout.flush()
     sys.stderr.flush()
     return written, failed, already
+
+
+def _write_line(text: str, stream) -> None:
+    """``text`` and its newline in one write, flushed, above any progress bar.
+
+    Processes of one launch share stdout and stderr: a line written whole stays whole
+    (a pipe keeps writes up to 4 KiB in one piece) instead of interleaving mid-line.
+    """
+    from tqdm.auto import tqdm
+
+    tqdm.write(text + "\n", file=stream, end="")
+    stream.flush()
 
 
 def _failure_message(label: str, err: Exception) -> str:
