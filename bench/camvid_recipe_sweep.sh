@@ -15,20 +15,6 @@ OUT=${OUT:-/tmp/camvid-sweep}
 HELD=0001TP
 mkdir -p "$OUT"
 
-# the drive's frames as a one-split folder dataset for `segdemo evaluate`
-heldout="$OUT/heldout-$HELD"
-if [ ! -d "$heldout/val/images" ]; then
-  mkdir -p "$heldout/val/images" "$heldout/val/annotations"
-  cp "$DATA/id2label.json" "$heldout/"
-  for image in "$DATA"/train/images/"$HELD"_* "$DATA"/val/images/"$HELD"_*; do
-    [ -e "$image" ] || continue
-    split=$(basename "$(dirname "$(dirname "$image")")")
-    stem=$(basename "${image%.*}")
-    ln -sf "$(realpath "$image")" "$heldout/val/images/"
-    ln -sf "$(realpath "$DATA/$split/annotations/$stem.png")" "$heldout/val/annotations/"
-  done
-fi
-
 BASE=(--model upernet-resnet-s --image-size 240 320 --crop-size 192 256 --scale-range 0.75 1.75
       --class-weights enet --max-steps 800)
 declare -A ROWS=(
@@ -58,8 +44,8 @@ run_row() {
   for tta in none flip; do
     local flags=()
     [ "$tta" = flip ] && flags=(--tta flip)
-    OMP_NUM_THREADS=1 python -m segdemo evaluate --model "$OUT/$name" --data-dir "$heldout" \
-      --ignore-index 11 --out "$OUT/$name.heldout.$tta.json" "${flags[@]}" > /dev/null
+    OMP_NUM_THREADS=1 python -m segdemo evaluate --model "$OUT/$name" --data-dir "$DATA" \
+      --val-groups "$HELD" --ignore-index 11 --out "$OUT/$name.heldout.$tta.json" "${flags[@]}" > /dev/null
     python -c "import json; r = json.load(open('$OUT/$name.heldout.$tta.json')); \
 print('$name', 'tta=$tta', 'held-out $HELD mIoU %.4f' % r['mean_iou'])"
   done

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 
 from segdemo import coco  # noqa: E402
 from segdemo.convert import semantic_to_panoptic  # noqa: E402
+from segdemo.evaluate import parse_groups  # noqa: E402
 from segdemo.models import load_model  # noqa: E402
 from segdemo.panoptic_quality import panoptic_counts, pq_from_counts  # noqa: E402
 from segdemo.segment import segment  # noqa: E402
@@ -37,10 +38,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default="local/segdemo-camvid", help="a semantic model id")
     parser.add_argument("--data-dir", required=True, help="a COCO panoptic folder (val split)")
     parser.add_argument("--min-area", type=int, default=64, help="the converter's --min-area")
+    parser.add_argument(
+        "--val-groups",
+        help="score these groups (comma list, e.g. 0001TP) of train and val pooled, as "
+        "`segdemo evaluate --val-groups` does, instead of the val split",
+    )
     parser.add_argument("--out", help="write the JSON report here")
     args = parser.parse_args(argv)
 
     splits = coco.load_universal("panoptic", data_dir=args.data_dir)
+    groups = parse_groups(args)
+    if groups:
+        splits = coco.groups_as_val(splits, groups)
     loaded = load_model(args.model)
     if loaded.id2label != splits.id2label:
         raise SystemExit(f"{args.model}: its classes are not the dataset's")
@@ -63,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "model": args.model,
         "data": str(args.data_dir),
-        "split": "val",
+        "split": "val" if not groups else "train+val",
+        "val_groups": groups,
         "images": len(splits.val),
         **pq_from_counts(counts, splits.id2label, sorted(splits.thing_ids)),
     }

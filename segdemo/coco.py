@@ -55,6 +55,7 @@ from segdemo.data import (
     carve,
     open_hf_splits,
     read_id2label,
+    select_groups,
     split_by_groups,
     sum_over_samples,
 )
@@ -183,6 +184,16 @@ def hold_out_groups(
         val=UniversalSubset(pooled, val),
         val_carved=True,
     )
+
+
+def groups_as_val(
+    splits: UniversalSplits, groups: Sequence[str], *, pattern: str = GROUP_PATTERN
+) -> UniversalSplits:
+    """For scoring: val = the samples of ``groups`` from train and val pooled (the drive a
+    ``--val-groups`` run held out); train is left as it is."""
+    pooled = UniversalConcat(splits.train, splits.val)
+    held = UniversalSubset(pooled, select_groups(pooled.names, groups, pattern=pattern))
+    return replace(splits, val=held, val_carved=False)
 
 
 # --------------------------------------------------------------------------- COCO panoptic

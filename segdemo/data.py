@@ -316,6 +316,26 @@ def group_of(name: str, pattern: str = GROUP_PATTERN) -> str:
     return match.group(1) if match and match.groups() else stem
 
 
+def select_groups(
+    names: Sequence[str], groups: Sequence[str], *, pattern: str = GROUP_PATTERN
+) -> list[int]:
+    """Indices of the samples named ``names`` whose group (:func:`group_of`) is in
+    ``groups`` (non-empty), in order.
+
+    Raises:
+        DatasetError: a group that no sample has (the message lists the groups there are).
+    """
+    of = [group_of(name, pattern) for name in names]
+    known = sorted(set(of))
+    unknown = [g for g in groups if g not in known]
+    if unknown:
+        raise DatasetError(
+            f"--val-groups {','.join(unknown)}: no image has that group (groups by "
+            f"{pattern!r}: {', '.join(known[:20])}); pick from those"
+        )
+    return [i for i, g in enumerate(of) if g in set(groups)]
+
+
 def split_by_groups(
     names: Sequence[str], val_groups: Sequence[str], *, pattern: str = GROUP_PATTERN
 ) -> tuple[list[int], list[int]]:
@@ -326,16 +346,9 @@ def split_by_groups(
         DatasetError: a group that no sample has (the message lists the groups there are),
             or groups that would leave train empty.
     """
-    groups = [group_of(name, pattern) for name in names]
-    known = sorted(set(groups))
-    unknown = [g for g in val_groups if g not in known]
-    if unknown:
-        raise DatasetError(
-            f"--val-groups {','.join(unknown)}: no image has that group (groups by "
-            f"{pattern!r}: {', '.join(known[:20])}); pick from those"
-        )
-    val = [i for i, g in enumerate(groups) if g in set(val_groups)]
-    train = [i for i, g in enumerate(groups) if g not in set(val_groups)]
+    val = select_groups(names, val_groups, pattern=pattern)
+    held = set(val)
+    train = [i for i in range(len(names)) if i not in held]
     if not train:
         raise DatasetError(
             f"--val-groups {','.join(val_groups)} holds out every image; keep one group to train on"

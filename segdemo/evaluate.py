@@ -46,6 +46,7 @@ from segdemo.data import (
     find_pairs,
     read_annotation,
     read_id2label,
+    select_groups,
 )
 from segdemo.images import ImageError, load_image
 from segdemo.labels import IGNORE_INDEX, to_train_ids
@@ -81,6 +82,7 @@ def evaluate_folder(
     needs_image: bool = True,
     progress: bool = False,
     share: Callable[[list], list] | None = None,
+    groups: list[str] | None = None,
 ) -> tuple[ConfusionMatrix, dict[int, str], int]:
     """Score ``predict`` on every pair of ``data_dir/split``.
 
@@ -88,6 +90,9 @@ def evaluate_folder(
         data_dir: folder dataset root (see :mod:`segdemo.data`).
         predict: gives the prediction for each sample at the annotation's size.
         split: split folder; ``"val"`` also finds ``validation``.
+        groups: instead of ``split``, the pairs of train and val pooled whose group is one of
+            these (:func:`segdemo.data.group_of`): the drive ``train/run.py --val-groups``
+            held out.
         reduce_labels, ignore_index: raw annotation conventions, see
             :func:`segdemo.labels.to_train_ids`. Raw 255 is always ignored.
         needs_image: ``False`` when ``predict`` does not look at the photo (saved
@@ -109,7 +114,7 @@ def evaluate_folder(
             f"{root}: data folder not found; pass --data-dir DIR with DIR/{split}/images"
         )
     id2label = read_id2label(root)
-    pairs = _find_split(root, split)
+    pairs = _pairs_of_groups(root, groups) if groups else _find_split(root, split)
     matrix = ConfusionMatrix(len(id2label), IGNORE_INDEX)
     for pair in _progress(share(pairs) if share else pairs, progress):
         raw = read_annotation(pair.annotation, name=str(pair.annotation))
@@ -143,6 +148,31 @@ def _find_split(root: Path, split: str) -> list:
     raise EvaluateError(
         f"{root / split}: no images/annotations pairs; choose --split from: {', '.join(present) or 'none found'}"
     )
+
+
+def _pairs_of_groups(root: Path, groups: list[str]) -> list:
+    """The pairs of ``train`` and the val split pooled whose group is in ``groups``."""
+    pooled = find_pairs(root, "train")
+    pooled += next((pairs for name in VAL_SPLITS if (pairs := find_pairs(root, name))), [])
+    return [pooled[i] for i in select_groups([str(p.image) for p in pooled], groups)]
+
+
+def parse_groups(args: argparse.Namespace) -> list[str] | None:
+    """``--val-groups`` as a list (``None`` when not given; it replaces ``--split``).
+
+    Raises:
+        EvaluateError: both ``--val-groups`` and a ``--split`` other than val, or no group.
+    """
+    if getattr(args, "val_groups", None) is None:
+        return None
+    groups = [g for g in args.val_groups.split(",") if g]
+    if not groups:
+        raise EvaluateError("--val-groups: name at least one group, e.g. --val-groups 0001TP")
+    if getattr(args, "split", "val") != "val":
+        raise EvaluateError(
+            f"--val-groups scores train and val pooled; drop --split {args.split}"
+        )
+    return groups
 
 
 def _read_image(path: Path) -> Image.Image:
@@ -278,6 +308,13 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     )
     parser.add_argument("--split", default="val", help="split folder to score (default: val)")
     parser.add_argument(
+        "--val-groups",
+        default=None,
+        help="score the images of these groups (comma list, e.g. 0001TP) from train and val "
+        "pooled instead of --split: the held-out drive of `train/run.py --val-groups` "
+        "(a group: the file name up to its first _)",
+    )
+    parser.add_argument(
         "--reduce-labels",
         action="store_true",
         help="ADE20K convention: raw 0 is ignored and raw v is class v-1",
@@ -380,6 +417,9 @@ def _run(args: argparse.Namespace, team=None) -> dict:
             f"{root}: data folder not found; pass --data-dir DIR with DIR/{args.split}/images"
         )
     data_labels = read_id2label(root)  # fail on the dataset before spending time on a model
+    groups = parse_groups(args)
+    if groups:  # the same check on every process, before a model loads
+        _pairs_of_groups(root, groups)
     if args.pred_dir is not None:
         predict, needs_image = saved_predictor(args.pred_dir), False
         source = {"pred_dir": str(args.pred_dir)}
@@ -405,6 +445,7 @@ def _run(args: argparse.Namespace, team=None) -> dict:
             needs_image=needs_image,
             progress=team.is_main,
             share=team.split,
+            groups=groups,
         ),
     )
     if team.count > 1:  # integer counts: the sum is the one-process matrix exactly
@@ -412,7 +453,8 @@ def _run(args: argparse.Namespace, team=None) -> dict:
         matrix = ConfusionMatrix.from_counts(sum(totals[1:], totals[0]), IGNORE_INDEX)
     evaluation = source | {
         "data_dir": str(root),
-        "split": args.split,
+        "split": args.split if groups is None else "train+val",
+        "val_groups": groups,
         "num_images": count,
         "num_labels": len(id2label),
         "reduce_labels": bool(args.reduce_labels),

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segdemo.coco import Target, UniversalSplits, load_universal
+from segdemo.coco import Target, UniversalSplits, groups_as_val, load_universal
 from segdemo.data import VAL_SPLITS, DatasetError, read_annotation
 from segdemo.mask_ap import STATS, image_record, mask_ap, masks_from_label_map
 from segdemo.panoptic_quality import panoptic_counts, pq_from_counts
@@ -382,7 +382,7 @@ def run_universal(args: argparse.Namespace, team: Any = None) -> dict:
     """``evaluate --task instance|panoptic``: score, build the report, write ``--out`` (the
     main process of ``team``, a :class:`segdemo.distributed.Workers`)."""
     from segdemo.distributed import Workers
-    from segdemo.evaluate import load_in_turn, write_json
+    from segdemo.evaluate import load_in_turn, parse_groups, write_json
 
     team = team or Workers()
     task = args.task
@@ -399,6 +399,9 @@ def run_universal(args: argparse.Namespace, team: Any = None) -> dict:
             f"{root}: data folder not found; pass --data-dir DIR with DIR/val/panoptic.json"
         )
     splits = load_universal(task, data_dir=root)  # the dataset fails before a model loads
+    groups = parse_groups(args)
+    if groups:
+        splits = groups_as_val(splits, groups)
     flags = {
         "threshold": args.threshold,
         "mask_threshold": args.mask_threshold,
@@ -423,7 +426,8 @@ def run_universal(args: argparse.Namespace, team: Any = None) -> dict:
     report["evaluation"] = source | {
         "task": task,
         "data_dir": str(root),
-        "split": args.split,
+        "split": args.split if groups is None else "train+val",
+        "val_groups": groups,
         "val_carved": bool(splits.val_carved) and args.split in VAL_SPLITS,
         "num_images": count,
         "num_labels": len(splits.id2label),

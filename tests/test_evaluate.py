@@ -370,3 +370,42 @@ def test_predict_then_pred_dir_equals_model_evaluation(tmp_path, monkeypatch, ca
         "per_category_accuracy",
     ):
         assert a[key] == b[key]
+
+
+def _drives(root: Path) -> dict[str, np.ndarray]:
+    """train: drive A frames 0-1 and drive B frame 0; val: drive A frame 2 and drive C
+    frame 0 (file names GROUP_FRAME, as CamVid's). Returns raw maps by name."""
+    raws = {}
+    for split, names, seed in (("train", ("A_0", "A_1", "B_0"), 0), ("val", ("A_2", "C_0"), 1)):
+        written = write_dataset(root, split, n=len(names), seed=seed)
+        for (old, raw), name in zip(sorted(written.items()), names, strict=True):
+            for folder, suffix in (("images", ".jpg"), ("annotations", ".png")):
+                (root / split / folder / f"{old}{suffix}").rename(
+                    root / split / folder / f"{name}{suffix}"
+                )
+            raws[name] = raw
+    return raws
+
+
+def test_val_groups_score_one_drive_of_train_and_val_pooled(tmp_path, capsys):
+    raws = _drives(tmp_path / "data")
+    preds = write_predictions(tmp_path / "pred", raws)
+    out = tmp_path / "a.json"
+    common = ["--pred-dir", tmp_path / "pred", "--data-dir", tmp_path / "data"]
+    assert run_cli(*common, "--ignore-index", VOID, "--val-groups", "A", "--out", out) == 0
+    report = json.loads(out.read_text())
+    names = ["A_0", "A_1", "A_2"]  # two from train, one from val; B and C left out
+    refs = [to_train_ids(raws[n], ignore_index=VOID) for n in names]
+    want = mean_iou([preds[n] for n in names], refs, len(ID2LABEL), IGNORE_INDEX)
+    assert report["mean_iou"] == pytest.approx(want["mean_iou"], rel=1e-12)
+    assert report["overall_accuracy"] == pytest.approx(want["overall_accuracy"], rel=1e-12)
+    evaluation = report["evaluation"]
+    assert evaluation["num_images"] == 3 and evaluation["val_groups"] == ["A"]
+    assert evaluation["split"] == "train+val"
+    capsys.readouterr()
+    # a group nobody has, or --split beside it: one line, before any scoring
+    assert run_cli(*common, "--val-groups", "Z", "--out", tmp_path / "z.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--val-groups Z" in err and "A, B, C" in err
+    assert run_cli(*common, "--val-groups", "A", "--split", "train", "--out", out) == 2
+    assert "drop --split train" in capsys.readouterr().err

@@ -413,3 +413,31 @@ def test_missing_val_panoptic_json_names_the_file(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "panoptic.json" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_val_groups_score_the_named_images_of_train_and_val_pooled(data, tmp_path, capsys):
+    root, val = data
+    # the ground truth of train0 and val1 as predictions: scored alone, PQ 1
+    pred = tmp_path / "pred"
+    write_ground_truth_as_predictions(pred, {"val1": val["val1"]}, "panoptic")
+    train_gt = {"train0": _first_train_scene(root)}
+    write_ground_truth_as_predictions(pred, train_gt, "panoptic")
+    out = tmp_path / "pq.json"
+    argv = ["--task", "panoptic", "--pred-dir", pred, "--data-dir", root, "--out", out]
+    assert evaluate(*argv, "--val-groups", "train0,val1") == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["pq"] == pytest.approx(1.0)
+    assert report["evaluation"]["num_images"] == 2
+    assert report["evaluation"]["val_groups"] == ["train0", "val1"]
+    capsys.readouterr()
+    assert evaluate(*argv, "--val-groups", "val9") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--val-groups val9" in err and "train0" in err
+
+
+def _first_train_scene(root: Path) -> tuple[np.ndarray, list]:
+    """Segment ids and segments_info of train0 as the folder stores them."""
+    doc = json.loads((root / "train" / "panoptic.json").read_text())
+    png = np.asarray(Image.open(root / "train" / "panoptic" / "train0.png"), np.int64)
+    ids = png[..., 0] + 256 * png[..., 1] + 65536 * png[..., 2]
+    return ids, doc["annotations"][0]["segments_info"]
