@@ -282,7 +282,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_process_ddp_evaluation_equals_single_process_evaluation(shapes, tmp_path, monkeypatch):
+@pytest.mark.parametrize("weights", [[], ["--ema-decay", "0.9"]], ids=["model", "ema"])
+def test_two_process_ddp_evaluation_equals_single_process_evaluation(
+    shapes, tmp_path, monkeypatch, weights
+):
+    """Each process scores its share of val with the main process's BatchNorm statistics:
+    the gathered score is the exported checkpoint's, with or without the weight EMA."""
     data_dir, tiny = shapes
     out = tmp_path / "checkpoints" / "ddp"
     launch = [
@@ -298,6 +303,7 @@ def test_two_process_ddp_evaluation_equals_single_process_evaluation(shapes, tmp
     # 5 val images on 2 processes: accelerate pads the last batch with a duplicate
     args = [*FAST, "--model", str(tiny), "--data-dir", str(data_dir), "--output-dir", str(out)]
     args += ["--max-steps", "12", "--batch-size", "2", "--eval-batch-size", "1", "--lr", "3e-3"]
+    args += weights
     done = subprocess.run(
         [*launch, str(ROOT / "train" / "run.py"), *args],
         env=subprocess_env(),

@@ -135,6 +135,8 @@ def test_training_and_evaluate_report_duplicate_class_names_alike():
     id2label = {0: "car", 1: "car", 2: "road"}
     report = build_report(metrics, id2label, {"images": 1})
     assert list(report["per_category_iou"]) == ["0:car", "1:car", "2:road"]
+    # pixels (pred, ref): (0,0) (1,1) (2,1) (2,2): IoU 1/1, 1/2, 1/2 (by hand)
+    assert list(report["per_category_iou"].values()) == pytest.approx([1.0, 0.5, 0.5])
     assert semantic.metrics_report(metrics, id2label) == {
         k: v for k, v in report.items() if k != "evaluation"
     }

@@ -173,10 +173,18 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ evaluation + export
+    def served_model(self) -> Any:
+        """The weights a checkpoint holds, evaluated and exported: the moving average with
+        ``--ema-decay``, else the trained model (unwrapped from DDP; autocast kept)."""
+        if self.ema is not None:
+            return self.ema.module
+        return self.accelerator.unwrap_model(self.model)
+
     def evaluate_and_export(self, epoch_done: bool) -> None:
         """Evaluate on val; export when the recipe's metric improved; write history + curves."""
         accelerator, p, metric = self.accelerator, self.progress, self.recipe.metric
-        evaluated = self.model if self.ema is None else self.ema.module
+        evaluated = self.served_model()
+        _share_buffers(evaluated, accelerator)
         evaluated.eval()  # BatchNorm statistics and dropout as at inference
         report = self.recipe.evaluate(evaluated, self.val_loader, accelerator)
         self.model.train()
@@ -211,7 +219,7 @@ class Trainer:
         extra.update(self.recipe.segdemo_json())
         save_checkpoint(
             self.output_dir,
-            self.accelerator.unwrap_model(self.model) if self.ema is None else self.ema.module,
+            self.served_model(),
             self.processor,
             extra_files={
                 "training_config.json": json.dumps(outputs.clean(self.run_config), indent=2),
@@ -246,3 +254,18 @@ class Trainer:
             saved = {**p.as_dict(), "epoch": position[0], "batches_done": position[1]}
             outputs.publish_state(self.output_dir, p.step, saved, self.args.save_total_limit)
         accelerator.wait_for_everyone()
+
+
+def _share_buffers(model: Any, accelerator: Any) -> None:
+    """Every process gets the main process's buffers (BatchNorm running statistics).
+
+    Under DDP each process updates its statistics from its own batches; DDP's forward
+    broadcasts them before the next training step, so evaluation must do the same: every
+    process then scores exactly the weights the main process exports, EMA or not.
+    """
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
