@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from segdemo.checkpoint import save_checkpoint
 from train import outputs
+from train.memory_format import channels_last_batch
 
 
 @dataclass
@@ -113,6 +114,8 @@ class Trainer:
                 else self.train_loader
             )
             for batch_index, batch in enumerate(batches, start=skip):
+                if args.channels_last:
+                    batch = channels_last_batch(batch)
                 with accelerator.accumulate(self.model):
                     loss = self.recipe.loss(self.model, batch)
                     accelerator.backward(loss)

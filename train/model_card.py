@@ -29,6 +29,7 @@ _NOT_RECIPE = {"resume", "no_resume", "eval_only", "push_to_hub", "hub_model_id"
 _NOT_SCHEDULE = _NOT_RECIPE | {
     "output_dir", "val_groups", "train_on_val", "export", "eval_every", "save_every",
     "save_total_limit", "log_every", "num_workers", "title", "palette", "save_dtype",
+    "channels_last",
 }  # fmt: skip
 
 

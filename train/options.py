@@ -161,6 +161,13 @@ OPTIONS: tuple[Option, ...] = (
         "(e.g. 0.999; warmed up as min(decay, (1+n)/(10+n)) after n steps); default: off",
         dict(type=float),
     ),
+    Option(
+        "--channels-last",
+        False,
+        "convolution weights and inputs in channels-last (NHWC) memory order: 1.19x per step "
+        "for UperNet-ResNet-S on CPU (bench/bench_channels_last.py); same model and checkpoint",
+        dict(action="store_true"),
+    ),
     # --- inputs and augmentation
     Option(
         "--image-size",

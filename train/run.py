@@ -65,6 +65,7 @@ from segdemo.fast_decoder import use_fast_decoder  # noqa: E402
 from train import outputs  # noqa: E402
 from train.ema import make_ema  # noqa: E402
 from train.loop import Trainer  # noqa: E402
+from train.memory_format import use_channels_last  # noqa: E402
 from train.modeling import check_task, load_eval_model, load_start_model  # noqa: E402
 from train.options import parse_args  # noqa: E402
 
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
         fused=accelerator.device.type in ("cpu", "cuda") or None,
     )
     recipe.prepare_loss(accelerator.device)
+    if args.channels_last:
+        use_channels_last(model)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader
     )
