@@ -316,6 +316,12 @@ def group_of(name: str, pattern: str = GROUP_PATTERN) -> str:
     return match.group(1) if match and match.groups() else stem
 
 
+def group_list(text: str | None) -> list[str]:
+    """The groups of a ``--val-groups`` value: a comma list (``"0001TP,0006R0"``), empty
+    items dropped; ``None`` gives ``[]``."""
+    return [g for g in (text or "").split(",") if g]
+
+
 def select_groups(
     names: Sequence[str], groups: Sequence[str], *, pattern: str = GROUP_PATTERN
 ) -> list[int]:

@@ -44,6 +44,7 @@ from segdemo.data import (
     DatasetError,
     check_label_range,
     find_pairs,
+    group_list,
     read_annotation,
     read_id2label,
     select_groups,
@@ -165,13 +166,11 @@ def parse_groups(args: argparse.Namespace) -> list[str] | None:
     """
     if getattr(args, "val_groups", None) is None:
         return None
-    groups = [g for g in args.val_groups.split(",") if g]
+    groups = group_list(args.val_groups)
     if not groups:
         raise EvaluateError("--val-groups: name at least one group, e.g. --val-groups 0001TP")
     if getattr(args, "split", "val") != "val":
-        raise EvaluateError(
-            f"--val-groups scores train and val pooled; drop --split {args.split}"
-        )
+        raise EvaluateError(f"--val-groups scores train and val pooled; drop --split {args.split}")
     return groups
 
 

@@ -1,7 +1,7 @@
 """``--channels-last``: train with convolution weights and inputs in NHWC memory order.
 
 oneDNN (CPU) and cuDNN (GPU) run convolutions faster on channels-last tensors. Measured
-here, UperNet-ResNet-S, batch 8 at 192x256, bf16 autocast, one CPU thread: 1.19x per step
+here, UperNet-ResNet-S, batch 8 at 192x256, bf16 autocast, one CPU thread: 1.17x per step
 (``python bench/bench_channels_last.py``); Mask2Former-ResNet-S does not gain (0.97x). Only the
 memory order changes, not the model: the first forward pass agrees with the contiguous
 model to float rounding, and checkpoints and resume states are written contiguous as
