@@ -147,7 +147,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
     images, annotations = [], []
     for index in range(len(train)):
         _, target = train[index]
-        annotations.append(str(work / "hf" / f"{train.names[index]}.png"))
+        annotations.append(str(work / "hf" / f"{train.key(index)}.png"))
         images.append(str(train.records[index].image))
         write_annotation(target, annotations[-1])
     (work / "hf.json").write_text(json.dumps({"image": images, "annotation": annotations}))

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from segdemo import coco  # noqa: E402
+from segdemo import coco, data  # noqa: E402
 from segdemo.convert import semantic_to_panoptic  # noqa: E402
 from segdemo.evaluate import parse_groups  # noqa: E402
 from segdemo.models import load_model  # noqa: E402
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     splits = coco.load_universal("panoptic", data_dir=args.data_dir)
     groups = parse_groups(args)
     if groups:
-        splits = coco.groups_as_val(splits, groups)
+        splits = data.groups_as_val(splits, groups)
     loaded = load_model(args.model, allow_any=True)  # an operator tool: any checkpoint folder
     if loaded.id2label != splits.id2label:
         raise SystemExit(f"{args.model}: its classes are not the dataset's")

@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +48,13 @@ import numpy as np
 from PIL import Image
 
 from segdemo.data import (
-    GROUP_PATTERN,
     IMAGE_SUFFIXES,
     VAL_SPLITS,
     DatasetError,
+    Source,
     carve,
     open_hf_splits,
     read_id2label,
-    select_groups,
-    split_by_groups,
     sum_over_samples,
 )
 from segdemo.images import ImageError, load_image
@@ -114,16 +112,17 @@ class Target:
         return segment_map, info
 
 
-class UniversalSource(Sequence):
-    """``source[i] -> (RGB PIL image, Target)``; ``names`` the file stems (unique)."""
+class UniversalSource(Source):
+    """``source[i] -> (RGB PIL image, Target)``; ``names`` the samples' keys (file names
+    without suffix, relative to the split's images/; unique), :meth:`name` the file to name
+    in messages."""
 
     names: list[str]
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def describe(self, index: int) -> str:
-        """The file (or row) to name in messages about sample ``index``."""
+    def key(self, index: int) -> str:
         return self.names[index]
 
 
@@ -131,69 +130,11 @@ class UniversalSource(Sequence):
 class UniversalSplits:
     """What an instance/panoptic run reads: train and val sources, class names, thing ids."""
 
-    train: UniversalSource
-    val: UniversalSource
+    train: Source  # of (image, Target): a UniversalSource or a Subset/Concat of them
+    val: Source
     id2label: dict[int, str]
     thing_ids: frozenset[int]  # stuff = the other ids
     val_carved: bool = False
-
-
-class UniversalSubset(UniversalSource):
-    """``source`` restricted to ``indices`` (a carved split)."""
-
-    def __init__(self, source: UniversalSource, indices: Sequence[int]):
-        self.source = source
-        self.indices = [int(i) for i in indices]
-        self.names = [source.names[i] for i in self.indices]
-
-    def describe(self, index: int) -> str:
-        return self.source.describe(self.indices[index])
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, Target]:
-        return self.source[self.indices[index]]
-
-
-class UniversalConcat(UniversalSource):
-    """Several sources as one (their samples in order); names must stay unique."""
-
-    def __init__(self, *sources: UniversalSource):
-        self.parts = [(source, i) for source in sources for i in range(len(source))]
-        self.names = [source.names[i] for source, i in self.parts]
-
-    def describe(self, index: int) -> str:
-        source, i = self.parts[index]
-        return source.describe(i)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, Target]:
-        source, i = self.parts[index]
-        return source[i]
-
-
-def hold_out_groups(
-    splits: UniversalSplits, val_groups: Sequence[str], *, pattern: str = GROUP_PATTERN
-) -> UniversalSplits:
-    """:func:`segdemo.data.hold_out_groups` for instance/panoptic splits: train and val
-    pooled, val = the samples of ``val_groups`` (empty: everything trains, val kept)."""
-    pooled = UniversalConcat(splits.train, splits.val)
-    if not val_groups:
-        return replace(splits, train=pooled, val_carved=False)
-    train, val = split_by_groups(pooled.names, val_groups, pattern=pattern)
-    return replace(
-        splits,
-        train=UniversalSubset(pooled, train),
-        val=UniversalSubset(pooled, val),
-        val_carved=True,
-    )
-
-
-def groups_as_val(
-    splits: UniversalSplits, groups: Sequence[str], *, pattern: str = GROUP_PATTERN
-) -> UniversalSplits:
-    """For scoring: val = the samples of ``groups`` from train and val pooled (the drive a
-    ``--val-groups`` run held out); train is left as it is."""
-    pooled = UniversalConcat(splits.train, splits.val)
-    held = UniversalSubset(pooled, select_groups(pooled.names, groups, pattern=pattern))
-    return replace(splits, val=held, val_carved=False)
 
 
 # --------------------------------------------------------------------------- COCO panoptic
@@ -215,7 +156,7 @@ class _ListedSource(UniversalSource):
         self.records = records
         self.names = [r.name for r in records]
 
-    def describe(self, index: int) -> str:
+    def name(self, index: int) -> str:
         return str(self.records[index].image)
 
 
@@ -468,6 +409,9 @@ class HFUniversalSource(UniversalSource):
         self.num_labels = num_labels
         self.names = [f"{title}[{i}]" for i in range(len(table))]
 
+    def name(self, index: int) -> str:
+        return self.names[index]
+
     def __getitem__(self, index: int) -> tuple[Image.Image, Target]:
         row = self.table[int(index)]
         name = self.names[index]
@@ -518,7 +462,7 @@ def _read_hf(name_or_path: str, val_fraction: float, seed: int) -> UniversalSpli
         raise DatasetError(f"{name_or_path}[train]: the train split is empty")
     things = frozenset(id2label)
     if parts["val"] is None or len(parts["val"]) == 0:
-        train_part, val_part = _carve(train, val_fraction, seed)
+        train_part, val_part = carve(train, val_fraction, seed)
         return UniversalSplits(train_part, val_part, id2label, things, val_carved=True)
     val = HFUniversalSource(parts["val"], f"{name_or_path}[val]", len(id2label))
     return UniversalSplits(train, val, id2label, things)
@@ -603,7 +547,7 @@ def load_universal(
         raise DatasetError(f"{root / 'train'}: no categories to train (things_only={things})")
     val_dir = next((root / s for s in VAL_SPLITS if (root / s).is_dir()), None)
     if val_dir is None:
-        train_part, val_part = _carve(train, val_fraction, seed)
+        train_part, val_part = carve(train, val_fraction, seed)
         return UniversalSplits(train_part, val_part, id2label, thing_ids, val_carved=True)
     val, *_ = read(val_dir, categories)
     return UniversalSplits(train, val, id2label, thing_ids)
@@ -639,13 +583,13 @@ def validate_universal(
         things = sorted(splits.thing_ids)
         if not counts["train"][things].sum():
             raise DatasetError(
-                f"{splits.train.describe(0)}: the train split has no (non-crowd) thing instance; "
+                f"{splits.train.name(0)}: the train split has no (non-crowd) thing instance; "
                 "instance training needs some"
             )
     return counts
 
 
-def _count_segments(source: UniversalSource, num_labels: int, workers: int | None) -> np.ndarray:
+def _count_segments(source: Source, num_labels: int, workers: int | None) -> np.ndarray:
     def check(index: int) -> np.ndarray | DatasetError:
         try:
             _, target = source[index]
@@ -654,34 +598,13 @@ def _count_segments(source: UniversalSource, num_labels: int, workers: int | Non
         if len(target.class_ids) and (
             target.class_ids.min() < 0 or target.class_ids.max() >= num_labels
         ):
-            return DatasetError(f"{source.describe(index)}: class id outside 0..{num_labels - 1}")
+            return DatasetError(f"{source.name(index)}: class id outside 0..{num_labels - 1}")
         return np.bincount(target.class_ids[~target.iscrowd], minlength=num_labels)
 
     return sum_over_samples(check, len(source), num_labels, workers)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _carve(
-    source: UniversalSource, fraction: float, seed: int
-) -> tuple[UniversalSubset, UniversalSubset]:
-    """:func:`segdemo.data.carve`'s seeded split, keeping ``names``."""
-    train, val = carve(_Named(source), fraction, seed)
-    return UniversalSubset(source, train.indices), UniversalSubset(source, val.indices)
-
-
-class _Named:
-    """What :func:`segdemo.data.carve` needs of a source: ``len`` and ``name(i)``."""
-
-    def __init__(self, source: UniversalSource):
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def name(self, index: int) -> str:
-        return self.source.describe(index)
 
 
 def _load(path: Path) -> Image.Image:

@@ -33,9 +33,9 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -176,10 +176,25 @@ def read_annotation(source: str | os.PathLike | Image.Image, name: str | None = 
 
 
 class Source(Sequence):
-    """A sized sequence of raw samples: ``source[i] -> (RGB PIL image, HxW int64 raw labels)``."""
+    """A sized sequence of samples: ``source[i] -> (RGB PIL image, annotation)``.
+
+    Semantic sources (this module) give ``HxW int64`` raw labels; instance/panoptic ones
+    (:class:`segdemo.coco.UniversalSource`) give a :class:`segdemo.coco.Target`.
+    :class:`Subset`, :class:`Concat`, :func:`carve` and the group splits work on both.
+    """
 
     def name(self, index: int) -> str:
+        """The file (or row) to name in messages about sample ``index``."""
         raise NotImplementedError
+
+    def key(self, index: int) -> str:
+        """Sample ``index``'s id, unique within the source (default: :meth:`name`); its
+        group (:func:`group_of`) is read from it."""
+        return self.name(index)
+
+    def keys(self) -> list[str]:
+        """:meth:`key` of every sample, in order."""
+        return [self.key(i) for i in range(len(self))]
 
 
 class FolderSource(Source):
@@ -243,7 +258,7 @@ def _as_pil(value: Any) -> Image.Image:
 
 
 class Subset(Source):
-    """``source`` restricted to ``indices`` (used to carve val from train)."""
+    """``source`` restricted to ``indices`` (a carved or held-out split)."""
 
     def __init__(self, source: Source, indices: Sequence[int]):
         self.source = source
@@ -255,7 +270,10 @@ class Subset(Source):
     def name(self, index: int) -> str:
         return self.source.name(self.indices[index])
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, np.ndarray]:
+    def key(self, index: int) -> str:
+        return self.source.key(self.indices[index])
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, Any]:
         return self.source[self.indices[index]]
 
 
@@ -291,7 +309,7 @@ does on footage it never saw; a random split of frames does not."""
 
 
 class Concat(Source):
-    """Several sources as one (their samples in order)."""
+    """Several sources as one (their samples in order); keys must stay unique."""
 
     def __init__(self, *sources: Source):
         self.parts = [(source, i) for source in sources for i in range(len(source))]
@@ -303,7 +321,11 @@ class Concat(Source):
         source, i = self.parts[index]
         return source.name(i)
 
-    def __getitem__(self, index: int) -> tuple[Image.Image, np.ndarray]:
+    def key(self, index: int) -> str:
+        source, i = self.parts[index]
+        return source.key(i)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, Any]:
         source, i = self.parts[index]
         return source[i]
 
@@ -362,18 +384,31 @@ def split_by_groups(
     return train, val
 
 
+SplitsT = TypeVar("SplitsT")
+
+
 def hold_out_groups(
-    splits: Splits, val_groups: Sequence[str], *, pattern: str = GROUP_PATTERN
-) -> Splits:
-    """Train and val pooled, then split by group (:func:`split_by_groups`). ``val_groups``
-    empty: everything trains and the original val split is kept for monitoring (its scores
-    are then on training data)."""
+    splits: SplitsT, val_groups: Sequence[str], *, pattern: str = GROUP_PATTERN
+) -> SplitsT:
+    """Train and val pooled, then split by group (:func:`split_by_groups`): what
+    ``--val-groups`` / ``--train-on-val`` train on. ``val_groups`` empty: everything trains
+    and the original val split is kept for monitoring (its scores are then on training
+    data). ``splits``: a :class:`Splits` or :class:`segdemo.coco.UniversalSplits`."""
     pooled = Concat(splits.train, splits.val)
     if not val_groups:
-        return Splits(pooled, splits.val, splits.id2label, val_carved=False)
-    names = [pooled.name(i) for i in range(len(pooled))]
-    train, val = split_by_groups(names, val_groups, pattern=pattern)
-    return Splits(Subset(pooled, train), Subset(pooled, val), splits.id2label, val_carved=True)
+        return replace(splits, train=pooled, val_carved=False)
+    train, val = split_by_groups(pooled.keys(), val_groups, pattern=pattern)
+    return replace(splits, train=Subset(pooled, train), val=Subset(pooled, val), val_carved=True)
+
+
+def groups_as_val(
+    splits: SplitsT, groups: Sequence[str], *, pattern: str = GROUP_PATTERN
+) -> SplitsT:
+    """For scoring: val = the samples of ``groups`` from train and val pooled (the drive a
+    ``--val-groups`` run held out); train is left as it is."""
+    pooled = Concat(splits.train, splits.val)
+    held = Subset(pooled, select_groups(pooled.keys(), groups, pattern=pattern))
+    return replace(splits, val=held, val_carved=False)
 
 
 def load_folder(root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0) -> Splits:

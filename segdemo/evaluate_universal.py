@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segdemo.coco import Target, UniversalSplits, groups_as_val, load_universal
-from segdemo.data import VAL_SPLITS, DatasetError, read_annotation
+from segdemo.coco import Target, UniversalSplits, load_universal
+from segdemo.data import VAL_SPLITS, DatasetError, groups_as_val, read_annotation
 from segdemo.mask_ap import STATS, image_record, mask_ap, masks_from_label_map
 from segdemo.panoptic_quality import panoptic_counts, pq_from_counts
 from segdemo.thresholds import Thresholds
@@ -161,7 +161,7 @@ def _score_images(
     scores = []
     for index in _progress(indices, progress):
         image, target = source[index]
-        name = source.names[index]
+        name = source.key(index)
         size = tuple(target.masks.shape[1:])
         label_map, segments = predict(name, image, size)
         label_map = np.asarray(label_map)

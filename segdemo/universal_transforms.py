@@ -192,7 +192,7 @@ class UniversalEvalDataset(torch.utils.data.Dataset):
             if pixel_mask is not None
             else torch.ones(pixel_values.shape[1:], dtype=torch.long),
             "target": target,
-            "name": self.source.names[index],
+            "name": self.source.key(index),
         }
 
 

@@ -144,7 +144,7 @@ def test_panoptic_folder_reads_png_ids_categories_and_crowd(tmp_path):
     assert splits.id2label == ID2LABEL
     assert splits.thing_ids == {2, 3}
     assert not splits.val_carved and len(splits.train) == 3 and len(splits.val) == 2
-    assert splits.train.names == ["train_0", "train_1", "train_2"]
+    assert splits.train.keys() == ["train_0", "train_1", "train_2"]
     image, target = splits.train[0]
     _, ids, _ = scene(1)
     assert image.mode == "RGB" and image.size == (W, H)
@@ -186,7 +186,7 @@ def test_missing_val_is_carved_with_a_seed(tmp_path):
     a = load_universal("panoptic", data_dir=root, val_fraction=0.4, seed=1)
     b = load_universal("panoptic", data_dir=root, val_fraction=0.4, seed=1)
     assert a.val_carved and len(a.val) == 2 and len(a.train) == 3
-    assert a.val.names == b.val.names and not set(a.val.names) & set(a.train.names)
+    assert a.val.keys() == b.val.keys() and not set(a.val.keys()) & set(a.train.keys())
     _, target = a.val[0]
     assert target.masks.shape[1:] == (H, W)
 
@@ -519,14 +519,14 @@ def test_val_groups_hold_out_whole_groups_of_a_panoptic_folder(tmp_path):
     root = write_panoptic(tmp_path / "d")  # train_0..2, val_0..1
     argv = ["--task", "panoptic", "--data-dir", str(root), "--group-pattern", r"^[a-z]+_(\d)"]
     held = UniversalRecipe(parse_args([*argv, "--val-groups", "0,1"])).splits
-    assert sorted(held.val.names) == ["train_0", "train_1", "val_0", "val_1"]
-    assert held.train.names == ["train_2"] and held.val_carved
-    index = held.val.names.index("val_1")
-    assert held.val.describe(index).endswith("val/images/val_1.png")
+    assert sorted(held.val.keys()) == ["train_0", "train_1", "val_0", "val_1"]
+    assert held.train.keys() == ["train_2"] and held.val_carved
+    index = held.val.keys().index("val_1")
+    assert held.val.name(index).endswith("val/images/val_1.png")
     original = load_universal("panoptic", data_dir=root).val[1][1]
     np.testing.assert_array_equal(held.val[index][1].masks, original.masks)  # that sample's
     pooled = UniversalRecipe(parse_args([*argv, "--train-on-val"])).splits
-    assert len(pooled.train) == 5 and pooled.val.names == ["val_0", "val_1"]
+    assert len(pooled.train) == 5 and pooled.val.keys() == ["val_0", "val_1"]
     with pytest.raises(DatasetError, match=r"--val-groups 7: .*0, 1, 2"):
         UniversalRecipe(parse_args([*argv, "--val-groups", "7"]))
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segdemo import coco, universal_post, universal_transforms
+from segdemo import coco, data, universal_post, universal_transforms
 from segdemo.evaluate_universal import score_image, summarize
 from segdemo.thresholds import Thresholds
 from train import outputs
@@ -51,14 +51,14 @@ class UniversalRecipe:
         )
         groups = held_out_groups(args)
         if groups is not None:
-            self.splits = coco.hold_out_groups(self.splits, groups, pattern=args.group_pattern)
+            self.splits = data.hold_out_groups(self.splits, groups, pattern=args.group_pattern)
         coco.validate_universal(
             self.splits, self.task, check=("train", "val") if need_train else ("val",)
         )
         self.id2label = self.splits.id2label
         self.thing_ids = sorted(self.splits.thing_ids)
         self.stuff_ids = sorted(set(self.id2label) - set(self.thing_ids))
-        self._image_ids = {name: i for i, name in enumerate(self.splits.val.names)}
+        self._image_ids = {name: i for i, name in enumerate(self.splits.val.keys())}
         self.thresholds = Thresholds(
             args.threshold, args.mask_threshold, args.overlap_mask_area_threshold
         )
