@@ -30,6 +30,8 @@ declare -A ROWS=(
   [G-long]="--max-steps 4000 --ema-decay 0.999"                     # the shipped recipe
   [G2-long-colour]="--max-steps 4000 --ema-decay 0.999 --jitter 0.5 0.5 0.5 0.1"
   [H-8000-colour]="--max-steps 8000 --ema-decay 0.999 --jitter 0.5 0.5 0.5 0.1 --eval-every 500"
+  # H with brightness/contrast jitter 0.7 (factors 0.3-1.7) and channels-last (1.17x per step)
+  [I-8000-bright]="--max-steps 8000 --ema-decay 0.999 --jitter 0.7 0.7 0.5 0.1 --eval-every 500 --channels-last"
 )
 
 run_row() {
@@ -52,7 +54,7 @@ print('$name', 'tta=$tta', 'held-out $HELD mIoU %.4f' % r['mean_iou'])"
 }
 
 rows=("$@")
-[ "${rows[0]:-all}" = all ] && rows=(A-base A-seed1 B-noweights C-strongaug C2-strongcolour D-segformer E-ema F-native F2-native-small-crops G-long G2-long-colour H-8000-colour)
+[ "${rows[0]:-all}" = all ] && rows=(A-base A-seed1 B-noweights C-strongaug C2-strongcolour D-segformer E-ema F-native F2-native-small-crops G-long G2-long-colour H-8000-colour I-8000-bright)
 for name in "${rows[@]}"; do
   [ -n "${ROWS[$name]+x}" ] || { echo "unknown row $name (rows: ${!ROWS[*]})" >&2; exit 2; }
   run_row "$name"
