@@ -3,7 +3,7 @@
 # on CamVid drive 0001TP (62 frames), which neither they nor the backbone they start from
 # trained on, with last-step weights (--export last: nothing selected on 0001TP).
 #
-#   BACKBONE=/tmp/camvid-sweep/H-8000-colour bash bench/camvid_panoptic_heldout.sh [STEPS]
+#   BACKBONE=/tmp/camvid-sweep/I-8000-bright bash bench/camvid_panoptic_heldout.sh [STEPS]
 #
 # BACKBONE: a semantic CamVid model trained with --val-groups 0001TP (a row of
 # bench/camvid_recipe_sweep.sh). Writes OUT/baseline.json (the backbone's semantic

@@ -1,6 +1,7 @@
 """Baseline for the embedded panoptic model: a semantic model split into instances.
 
-The semantic model's prediction of each val image goes through the same rules that made
+The semantic model's prediction of each val image (a Mask2Former's semantic output works
+too) goes through the same rules that made
 the panoptic ground truth (:func:`segdemo.convert.semantic_to_panoptic`: every stuff class
 one segment, every 8-connected component of a thing class one instance, components under
 ``--min-area`` pixels void) and is scored against that ground truth by the project's PQ
@@ -35,7 +36,13 @@ from segdemo.segment import segment  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="local/segdemo-camvid", help="a semantic model id")
+    parser.add_argument(
+        "--model",
+        default="local/segdemo-camvid",
+        help="a model with a semantic output: a semantic model, or an instance/panoptic "
+        "Mask2Former (its semantic post-processing: how good its class masks are, whatever "
+        "its instances)",
+    )
     parser.add_argument("--data-dir", required=True, help="a COCO panoptic folder (val split)")
     parser.add_argument("--min-area", type=int, default=64, help="the converter's --min-area")
     parser.add_argument(
