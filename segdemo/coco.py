@@ -113,9 +113,9 @@ class Target:
 
 
 class UniversalSource(Source):
-    """``source[i] -> (RGB PIL image, Target)``; ``names`` the samples' keys (file names
-    without suffix, relative to the split's images/; unique), :meth:`name` the file to name
-    in messages."""
+    """``source[i] -> (RGB PIL image, Target)``; ``names`` the samples' keys, unique (COCO:
+    ``file_name`` without suffix; 🤗 rows: ``TITLE[i]``), :meth:`name` the file or row to
+    name in messages."""
 
     names: list[str]
 
