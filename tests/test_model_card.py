@@ -86,3 +86,72 @@ def test_the_held_out_run_comes_first_with_its_command(tmp_path):
 def test_a_held_out_run_of_another_recipe_is_refused(tmp_path, arguments, message):
     with pytest.raises(SystemExit, match=message):
         _card(tmp_path, arguments)
+
+
+def _two_stage_card(tmp_path: Path, first_heldout: dict) -> tuple[str, Path, Path]:
+    """A shipped model fine-tuned (stage 2) from a train/run.py output folder (stage 1), and
+    its held-out twin: both stages again with --val-groups."""
+    first = _run(tmp_path / "first", train_on_val=True, output_dir="checkpoints/x")
+    shipped = _run(
+        tmp_path / "shipped",
+        train_on_val=True,
+        model=str(first),
+        lr=5e-4,
+        output_dir="checkpoints/x",
+    )
+    first_held = _run(tmp_path / "first_held", **first_heldout)
+    held = _run(tmp_path / "held", val_groups="0001TP", model=str(first_held), lr=5e-4)
+    metrics = tmp_path / "heldout.json"
+    metrics.write_text(json.dumps(_metrics(0.4321)))
+    card = model_card.model_card(
+        shipped,
+        license="cc-by-nc-4.0",
+        data_note="data",
+        compute_note=None,
+        defaults=DEFAULTS,
+        heldout=(held, metrics),
+    )
+    return card, first, first_held
+
+
+def test_a_fine_tuned_model_shows_every_stage_and_its_held_out_twins(tmp_path):
+    card, first, first_held = _two_stage_card(tmp_path, {"val_groups": "0001TP"})
+    assert "trained from `upernet-resnet-s` in 2 stages" in card
+    held = card.index("## Held-out metrics")
+    shipped_commands = card[card.index("## Reproduce") : held]
+    stage1, stage2 = shipped_commands.split("# stage 2")
+    assert "# stage 1" in stage1 and f"--output-dir {first}" in stage1
+    assert "--lr 0.002" in stage1 and "--lr 0.0005" in stage2
+    # stage 1 trained in checkpoints/x too, but is shown writing where stage 2 starts from
+    assert f"--model {first}" in stage2 and "--output-dir checkpoints/x" in stage2
+    section = card[held : card.index("## Validation metrics")]
+    assert f"--output-dir {first_held}" in section and f"--model {first_held}" in section
+
+
+@pytest.mark.parametrize(
+    "first_heldout, message",
+    [
+        ({"val_groups": "0001TP", "lr": 1e-3}, r"differs in --lr \(stage 1\)"),
+        ({}, "stage 1 did not hold out 0001TP"),
+    ],
+)
+def test_a_held_out_twin_with_another_first_stage_is_refused(tmp_path, first_heldout, message):
+    with pytest.raises(SystemExit, match=message):
+        _two_stage_card(tmp_path, first_heldout)
+
+
+def test_a_one_stage_held_out_run_is_not_the_twin_of_a_two_stage_model(tmp_path):
+    first = _run(tmp_path / "first", train_on_val=True)
+    shipped = _run(tmp_path / "shipped", train_on_val=True, model=str(first))
+    held = _run(tmp_path / "held", val_groups="0001TP")
+    metrics = tmp_path / "heldout.json"
+    metrics.write_text(json.dumps(_metrics(0.4321)))
+    with pytest.raises(SystemExit, match="number of training stages"):
+        model_card.model_card(
+            shipped,
+            license="x",
+            data_note="data",
+            compute_note=None,
+            defaults=DEFAULTS,
+            heldout=(held, metrics),
+        )

@@ -33,14 +33,56 @@ _NOT_SCHEDULE = _NOT_RECIPE | {
 }  # fmt: skip
 
 
-def recipe_differences(config: dict, other: dict, defaults: dict) -> list[str]:
+def recipe_differences(
+    config: dict, other: dict, defaults: dict, ignore: frozenset[str] = frozenset()
+) -> list[str]:
     """The ``--flags`` whose values differ between two runs' training_config.json, ignoring
-    data splits, output and bookkeeping (what a held-out run of the same recipe changes)."""
+    data splits, output and bookkeeping (what a held-out run of the same recipe changes)
+    and the arguments in ``ignore``."""
     return [
         "--" + key.replace("_", "-")
         for key, default in defaults.items()
-        if key not in _NOT_SCHEDULE and config.get(key, default) != other.get(key, default)
+        if key not in _NOT_SCHEDULE | ignore and config.get(key, default) != other.get(key, default)
     ]
+
+
+def training_stages(config: dict) -> list[dict]:
+    """The training_config.json of every stage of a run, first stage first: a run whose
+    ``--model`` is a train/run.py output folder (one with training_config.json) continued
+    that run's training, which is then its stage before (read from that folder now)."""
+    stages, seen = [config], set()
+    while True:
+        start = Path(str(stages[0].get("model", "")))
+        if not (start / "training_config.json").is_file() or start.resolve() in seen:
+            return stages
+        seen.add(start.resolve())
+        stages.insert(0, json.loads((start / "training_config.json").read_text()))
+
+
+def stage_differences(stages: list[dict], others: list[dict], defaults: dict) -> list[str]:
+    """:func:`recipe_differences` stage by stage; ``--model`` after the first stage names
+    the stage before, which is compared itself."""
+    if len(stages) != len(others):
+        return [f"the number of training stages ({len(stages)} vs {len(others)})"]
+    differences = []
+    for number, (config, other) in enumerate(zip(stages, others, strict=True), 1):
+        ignore = frozenset({"model"}) if number > 1 else frozenset()
+        found = recipe_differences(config, other, defaults, ignore)
+        differences += [f"{flag} (stage {number})" for flag in found] if len(stages) > 1 else found
+    return differences
+
+
+def stage_commands(stages: list[dict], defaults: dict) -> list[str]:
+    """The commands that reproduce ``stages`` in order, each stage writing its output where
+    the next one starts from (``# stage N`` comments when there are several)."""
+    lines = []
+    for number, (config, following) in enumerate(zip(stages, [*stages[1:], None], strict=True), 1):
+        if following is not None:
+            config = {**config, "output_dir": following["model"]}
+        if len(stages) > 1:
+            lines.append(f"# stage {number}")
+        lines.append(reproduce_command(config, defaults))
+    return lines
 
 
 def reproduce_command(config: dict, defaults: dict) -> str:
@@ -93,6 +135,7 @@ def model_card(
     """The card's Markdown. ``heldout``: ``(run folder, metrics JSON)`` of the same recipe
     trained with ``--val-groups`` and scored on those groups by ``segdemo evaluate``."""
     config = json.loads((folder / "training_config.json").read_text())
+    stages = training_stages(config)
     results = json.loads((folder / "eval_results.json").read_text())
     if results_file is not None:  # a later `segdemo evaluate` of the same weights
         results = {"step": results["step"], **json.loads(results_file.read_text())}
@@ -123,8 +166,9 @@ def model_card(
         "",
         f"`{arch}`"
         + (f" with a `{backbone}` backbone" if backbone else "")
-        + f", {len(config['id2label'])} classes, trained from `{config['model']}` by segdemo's"
-        " `train/run.py`; this folder is that script's output, "
+        + f", {len(config['id2label'])} classes, trained from `{stages[0]['model']}`"
+        + (f" in {len(stages)} stages" if len(stages) > 1 else "")
+        + " by segdemo's `train/run.py`; this folder is that script's output, "
         + (
             "unedited but for segdemo.json's thresholds, set after training (see below)"
             if results_file is not None
@@ -146,7 +190,7 @@ def model_card(
         "## Reproduce",
         "",
         "```bash",
-        reproduce_command(config, defaults),
+        *stage_commands(stages, defaults),
         "```",
         "",
         f"Processes: {config.get('num_processes')}, torch threads: {config.get('torch_threads')},"
@@ -155,7 +199,7 @@ def model_card(
     if compute_note:
         lines += ["", compute_note]
     if heldout is not None:
-        lines += _heldout_metrics(config, *heldout, defaults)
+        lines += _heldout_metrics(stages, *heldout, defaults)
     exported = "the last step" if config.get("export") == "last" else "the best val score"
     trained_on_val = (
         "; val images were trained on (--train-on-val): training-set scores, not an estimate"
@@ -180,13 +224,21 @@ def model_card(
     return "\n".join(lines)
 
 
-def _heldout_metrics(config: dict, run: Path, metrics: Path, defaults: dict) -> list[str]:
-    """The held-out section: the run's command, what it left out, its metrics."""
-    run_config = json.loads((run / "training_config.json").read_text())
+def _heldout_metrics(stages: list[dict], run: Path, metrics: Path, defaults: dict) -> list[str]:
+    """The held-out section: the run's commands, what it left out, its metrics. Every
+    stage of the held-out run must have held the groups out and match ``stages``' recipe."""
+    run_stages = training_stages(json.loads((run / "training_config.json").read_text()))
+    run_config = run_stages[-1]
     groups = run_config.get("val_groups")
     if not groups:
         raise SystemExit(f"--heldout {run}: that run held no group out (no --val-groups)")
-    differences = recipe_differences(config, run_config, defaults)
+    saw_groups = [n for n, stage in enumerate(run_stages, 1) if stage.get("val_groups") != groups]
+    if saw_groups:
+        raise SystemExit(
+            f"--heldout {run}: stage {saw_groups[0]} did not hold out {groups}; "
+            "every stage must hold the same groups out"
+        )
+    differences = stage_differences(stages, run_stages, defaults)
     if differences:
         raise SystemExit(
             f"--heldout {run}: not this model's recipe (differs in {', '.join(differences)})"
@@ -205,7 +257,7 @@ def _heldout_metrics(config: dict, run: Path, metrics: Path, defaults: dict) -> 
         ' (docs/training.md, "Choosing the recipe on a held-out drive").',
         "",
         "```bash",
-        reproduce_command(run_config, defaults),
+        *stage_commands(run_stages, defaults),
         "```",
         "",
         *_semantic_metrics(results, chart=False),  # the folder's chart is of its own val
