@@ -32,10 +32,15 @@ declare -A ROWS=(
   [H-8000-colour]="--max-steps 8000 --ema-decay 0.999 --jitter 0.5 0.5 0.5 0.1 --eval-every 500"
   # H with brightness/contrast jitter 0.7 (factors 0.3-1.7) and channels-last (1.17x per step)
   [I-8000-bright]="--max-steps 8000 --ema-decay 0.999 --jitter 0.7 0.7 0.5 0.1 --eval-every 500 --channels-last"
+  # stage 2 on row I's output (run I first): 1600 steps at the native 360x480, 288x384 crops
+  [J-native-ft]="--model $OUT/I-8000-bright --image-size 360 480 --crop-size 288 384 --max-steps 1600 --lr 5e-4 --warmup-steps 50 --ema-decay 0.999 --jitter 0.7 0.7 0.5 0.1 --eval-every 400 --channels-last"
 )
 
 run_row() {
   local name=$1
+  if [ "$name" = J-native-ft ] && [ ! -f "$OUT/I-8000-bright/training_config.json" ]; then
+    echo "J-native-ft continues row I: run I-8000-bright first (into $OUT)" >&2; exit 2
+  fi
   # later flags override BASE's (argparse keeps the last value)
   # shellcheck disable=SC2086
   ACCELERATE_MIXED_PRECISION=bf16 OMP_NUM_THREADS=1 python train/run.py \
@@ -54,7 +59,7 @@ print('$name', 'tta=$tta', 'held-out $HELD mIoU %.4f' % r['mean_iou'])"
 }
 
 rows=("$@")
-[ "${rows[0]:-all}" = all ] && rows=(A-base A-seed1 B-noweights C-strongaug C2-strongcolour D-segformer E-ema F-native F2-native-small-crops G-long G2-long-colour H-8000-colour I-8000-bright)
+[ "${rows[0]:-all}" = all ] && rows=(A-base A-seed1 B-noweights C-strongaug C2-strongcolour D-segformer E-ema F-native F2-native-small-crops G-long G2-long-colour H-8000-colour I-8000-bright J-native-ft)
 for name in "${rows[@]}"; do
   [ -n "${ROWS[$name]+x}" ] || { echo "unknown row $name (rows: ${!ROWS[*]})" >&2; exit 2; }
   run_row "$name"
