@@ -47,9 +47,8 @@ def _run(folder: Path, **arguments) -> Path:
     return folder
 
 
-def _card(tmp_path: Path, heldout_arguments: dict) -> str:
-    shipped = _run(tmp_path / "shipped", train_on_val=True, output_dir="checkpoints/x")
-    heldout = _run(tmp_path / "heldout", **heldout_arguments)
+def _card_with_heldout(tmp_path: Path, shipped: Path, held: Path) -> str:
+    """The card of ``shipped`` with ``held`` as its held-out run (mIoU 0.4321 there)."""
     metrics = tmp_path / "heldout.json"
     metrics.write_text(json.dumps(_metrics(0.4321)))
     return model_card.model_card(
@@ -58,8 +57,14 @@ def _card(tmp_path: Path, heldout_arguments: dict) -> str:
         data_note="data",
         compute_note=None,
         defaults=DEFAULTS,
-        heldout=(heldout, metrics),
+        heldout=(held, metrics),
     )
+
+
+def _card(tmp_path: Path, heldout_arguments: dict) -> str:
+    shipped = _run(tmp_path / "shipped", train_on_val=True, output_dir="checkpoints/x")
+    heldout = _run(tmp_path / "heldout", **heldout_arguments)
+    return _card_with_heldout(tmp_path, shipped, heldout)
 
 
 def test_the_held_out_run_comes_first_with_its_command(tmp_path):
@@ -101,17 +106,7 @@ def _two_stage_card(tmp_path: Path, first_heldout: dict) -> tuple[str, Path, Pat
     )
     first_held = _run(tmp_path / "first_held", **first_heldout)
     held = _run(tmp_path / "held", val_groups="0001TP", model=str(first_held), lr=5e-4)
-    metrics = tmp_path / "heldout.json"
-    metrics.write_text(json.dumps(_metrics(0.4321)))
-    card = model_card.model_card(
-        shipped,
-        license="cc-by-nc-4.0",
-        data_note="data",
-        compute_note=None,
-        defaults=DEFAULTS,
-        heldout=(held, metrics),
-    )
-    return card, first, first_held
+    return _card_with_heldout(tmp_path, shipped, held), first, first_held
 
 
 def test_a_fine_tuned_model_shows_every_stage_and_its_held_out_twins(tmp_path):
@@ -144,14 +139,5 @@ def test_a_one_stage_held_out_run_is_not_the_twin_of_a_two_stage_model(tmp_path)
     first = _run(tmp_path / "first", train_on_val=True)
     shipped = _run(tmp_path / "shipped", train_on_val=True, model=str(first))
     held = _run(tmp_path / "held", val_groups="0001TP")
-    metrics = tmp_path / "heldout.json"
-    metrics.write_text(json.dumps(_metrics(0.4321)))
     with pytest.raises(SystemExit, match="number of training stages"):
-        model_card.model_card(
-            shipped,
-            license="x",
-            data_note="data",
-            compute_note=None,
-            defaults=DEFAULTS,
-            heldout=(held, metrics),
-        )
+        _card_with_heldout(tmp_path, shipped, held)
