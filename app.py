@@ -47,6 +47,7 @@ import gradio as gr  # noqa: E402
 
 from segdemo import service  # noqa: E402
 from segdemo.result import Task  # noqa: E402
+from segdemo.tta import TTA_CHOICES  # noqa: E402
 
 log = logging.getLogger("segdemo.app")
 
@@ -146,9 +147,11 @@ call's updates to that call's event."""
 
 
 # One function per endpoint: gradio names the API parameters after these arguments.
-def semantic(image, model, opacity, flip_tta=False, progress=PROGRESS):
-    """Semantic segmentation: class per pixel (``flip_tta``: average with the mirror image)."""
-    return _run(Task.SEMANTIC, image, model, {"alpha": opacity, "flip_tta": flip_tta}, progress)
+def semantic(image, model, opacity, tta="off", progress=PROGRESS):
+    """Semantic segmentation: class per pixel (``tta``: "off", "flip" or "multiscale",
+    :mod:`segdemo.tta`)."""
+    options = {"alpha": opacity, "tta": None if tta in (None, "off") else tta}
+    return _run(Task.SEMANTIC, image, model, options, progress)
 
 
 def _mask_task(task: Task, doc: str):
@@ -309,9 +312,12 @@ def create_task_tab(task: Task) -> None:
                 extra = []
                 if task is Task.SEMANTIC:
                     extra.append(
-                        gr.Checkbox(
-                            False,
-                            label="Flip test-time augmentation (averages with the mirror image; 2x time)",
+                        gr.Radio(
+                            ["off", *TTA_CHOICES],
+                            value="off",
+                            label="Test-time augmentation",
+                            info="flip: averages with the mirror image (2x time); multiscale: "
+                            "flip at 1, 1.25 and 1.5x the input size (6x time)",
                             elem_id=f"{name}-tta",
                         )
                     )

@@ -50,6 +50,7 @@ import numpy as np
 from segdemo.errors import SegdemoError
 from segdemo.result import Task
 from segdemo.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from segdemo.tta import TTA_CHOICES
 
 
 def add_predict_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -100,10 +101,11 @@ def add_predict_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     parser.add_argument(
         "--tta",
-        choices=("flip",),
+        choices=TTA_CHOICES,
         default=None,
-        help="semantic: average the image's and its mirror image's class scores (2 passes; "
-        "default off: the pipeline's result)",
+        help="semantic test-time augmentation: flip averages the image's and its mirror "
+        "image's class scores (2 passes), multiscale also at 1.25x and 1.5x the input size "
+        "(6 passes); default off: the pipeline's result",
     )
     parser.add_argument(
         "--recursive", action="store_true", help="also take the images in subfolders of folders"
@@ -180,7 +182,7 @@ def run_predict(args: argparse.Namespace) -> int:
         return 1
     if args.tta is not None and (args.batch_size > 1 or args.task != "semantic"):
         _error(
-            "--tta flip runs one image at a time on the semantic task; drop --batch-size or --tta"
+            f"--tta {args.tta} runs one image at a time on the semantic task; drop --batch-size or --tta"
         )
         return 1
     team = workers()  # before the model: on GPUs it picks this process's device

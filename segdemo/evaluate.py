@@ -53,6 +53,7 @@ from segdemo.images import ImageError, load_image
 from segdemo.labels import IGNORE_INDEX, to_train_ids
 from segdemo.metrics import ConfusionMatrix, MetricInputError
 from segdemo.thresholds import DEFAULT_THRESHOLDS
+from segdemo.tta import TTA_CHOICES
 
 LABELS_SUFFIX = "_labels.png"
 """``predict`` writes the label map of ``NAME.jpg`` as ``NAME_labels.png``."""
@@ -330,9 +331,9 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     )
     parser.add_argument(
         "--tta",
-        choices=("flip",),
+        choices=TTA_CHOICES,
         default=None,
-        help="semantic --model: average the image's and its mirror image's class scores",
+        help="semantic --model: test-time augmentation, as `predict --tta`",
     )
     parser.add_argument(
         "--task",
@@ -400,7 +401,7 @@ def _run(args: argparse.Namespace, team=None) -> dict:
     if getattr(args, "tta", None) is not None and (
         getattr(args, "task", "semantic") != "semantic" or args.model is None
     ):
-        raise EvaluateError("--tta flip applies to --task semantic with --model")
+        raise EvaluateError(f"--tta {args.tta} applies to --task semantic with --model")
     if getattr(args, "task", "semantic") != "semantic":
         from segdemo.evaluate_universal import run_universal
 

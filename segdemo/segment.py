@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from segdemo import universal_post
@@ -29,10 +30,8 @@ from segdemo.images import load_image
 from segdemo.models import LoadedModel
 from segdemo.result import Segment, SegmentationResult, Task, region_stats, segments_from_label_map
 from segdemo.thresholds import DEFAULT_THRESHOLDS
+from segdemo.tta import TTA_MODES, TTA_SCALES
 from segdemo.upsample import upsample_argmax
-
-TTA_MODES = (None, "flip")
-"""Test-time augmentation of :func:`segment`: none (the default), or horizontal flip."""
 
 
 def segment(
@@ -63,9 +62,12 @@ def segment(
             results of such a model hold its things only.
         max_size: cap on the longest side of the *model input* (the processor's resize
             target is shrunk to fit); the result is still at the image's resolution.
-        tta: ``None`` (default: one pass, the pipeline's result bit for bit) or ``"flip"``
-            (semantic only: the class scores of the image and of its mirror image, mirrored
-            back, are averaged before the argmax; two forward passes).
+        tta: semantic only. ``None`` (default: one pass, the pipeline's result bit for bit);
+            ``"flip"``: the class scores of the image and of its mirror image, mirrored
+            back, are averaged before the argmax (two forward passes); ``"multiscale"``: the
+            softmax probabilities of both at every input scale of :data:`TTA_SCALES`,
+            resized bilinearly to the one-pass score size, are averaged (six passes;
+            :mod:`segdemo.tta`).
 
     Returns:
         :class:`SegmentationResult` at the image's ``(height, width)``: semantic label
@@ -82,7 +84,7 @@ def segment(
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {', '.join(map(str, TTA_MODES))}, got {tta!r}")
     if tta is not None and task is not Task.SEMANTIC:
-        raise ValueError(f"flip TTA is for semantic segmentation, not {task.value}; drop it")
+        raise ValueError(f"{tta} TTA is for semantic segmentation, not {task.value}; drop it")
     if not (isinstance(image, Image.Image) and image.mode == "RGB"):
         image = load_image(image)
     if max_size is not None and max_size < 32:
@@ -91,15 +93,9 @@ def segment(
         )
     target_size = (image.height, image.width)
     with torch.inference_mode():
+        if tta is not None:
+            return _semantic_result(loaded, _tta_scores(loaded, image, tta, max_size), target_size)
         outputs = _forward(loaded, image, task, max_size)
-        if tta == "flip":
-            mirrored = _forward(
-                loaded, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), task, max_size
-            )
-            scores = (
-                semantic_scores(loaded, outputs) + semantic_scores(loaded, mirrored).flip(-1)
-            ) / 2
-            return _semantic_result(loaded, scores, target_size)
         return result_from_outputs(
             loaded,
             outputs,
@@ -162,6 +158,32 @@ def semantic_scores(loaded: LoadedModel, outputs: Any) -> torch.Tensor:
     )
 
 
+def _tta_scores(
+    loaded: LoadedModel, image: Image.Image, tta: str, max_size: int | None
+) -> torch.Tensor:
+    """``C x h x w`` class scores of ``image`` averaged over its ``tta`` views, at the
+    one-pass score size (see :func:`segment`'s ``tta``)."""
+    mirror = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+    def scores(view: Image.Image, scale: float = 1.0) -> torch.Tensor:
+        inputs = model_inputs(loaded, view, Task.SEMANTIC, max_size, scale=scale)
+        return semantic_scores(loaded, run_model(loaded, inputs))
+
+    if tta == "flip":
+        return (scores(image) + scores(mirror).flip(-1)) / 2
+    total, size = None, None
+    for scale in TTA_SCALES:  # 1.0 first: its scores set the size
+        for view, mirrored in ((image, False), (mirror, True)):
+            logits = scores(view, scale)
+            logits = logits.flip(-1) if mirrored else logits
+            size = size or tuple(logits.shape[-2:])
+            logits = F.interpolate(
+                logits[None].float(), size=size, mode="bilinear", align_corners=False
+            )[0]
+            total = logits.softmax(dim=0) if total is None else total + logits.softmax(dim=0)
+    return total / (2 * len(TTA_SCALES))
+
+
 def _semantic_result(
     loaded: LoadedModel, scores: torch.Tensor, target_size: tuple[int, int]
 ) -> SegmentationResult:
@@ -201,15 +223,24 @@ def _forward(loaded: LoadedModel, image: Image.Image, task: Task, max_size: int 
 
 
 def model_inputs(
-    loaded: LoadedModel, image: Image.Image, task: Task, max_size: int | None = None
+    loaded: LoadedModel,
+    image: Image.Image,
+    task: Task,
+    max_size: int | None = None,
+    *,
+    scale: float = 1.0,
 ) -> dict[str, Any]:
     """The model inputs of one RGB image, prepared exactly as the pipeline does (CPU tensors
     with a batch dimension of 1). Inputs of equal shapes concatenate along dim 0 into a batch
-    (:mod:`segdemo.batch`)."""
+    (:mod:`segdemo.batch`). ``scale``: the processor's resize target times this
+    (:func:`scaled_size`; test-time augmentation), before the ``max_size`` cap."""
     processor = _image_processor(loaded)
     kwargs: dict[str, Any] = {}
+    size = processor.size
+    if scale != 1.0:
+        size = kwargs["size"] = scaled_size(size, scale)
     if max_size is not None:
-        capped = capped_size(processor.size, (image.height, image.width), max_size)
+        capped = capped_size(size, (image.height, image.width), max_size)
         if capped is not None:
             kwargs["size"] = capped
     if loaded.model_type == "oneformer":
@@ -231,6 +262,14 @@ def run_model(loaded: LoadedModel, inputs: dict[str, Any]) -> Any:
         k: v.to(loaded.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()
     }
     return loaded.model(**inputs)
+
+
+def scaled_size(size: Any, scale: float) -> dict:
+    """The processor ``size`` (as in :func:`capped_size`) times ``scale``, each side rounded
+    to a multiple of 8 (at least 8)."""
+    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    keys = ("height", "width", "shortest_edge", "longest_edge")
+    return {key: max(8, round(get(key) * scale / 8) * 8) for key in keys if get(key) is not None}
 
 
 def capped_size(size: Any, image_hw: tuple[int, int], max_size: int) -> dict | None:

@@ -36,6 +36,7 @@ from segdemo.result import SegmentationResult, Task, region_stats
 from segdemo.result_files import write_result_files
 from segdemo.segment import segment
 from segdemo.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from segdemo.tta import TTA_CHOICES, TTA_MODES
 
 DISPLAY_MAX_SIDE = 1024
 """Longest side of the pictures sent back for display (annotated image, overlay).
@@ -68,22 +69,25 @@ class Options:
         overlap_mask_area_threshold: instance/panoptic: minimum share of a mask that
             must survive overlaps for the segment to be kept, in ``[0, 1]``.
         alpha: opacity of the colour overlay, in ``[0, 1]``.
-        flip_tta: semantic: flip test-time augmentation (``segment(..., tta="flip")``).
+        tta: semantic test-time augmentation, ``None`` (off), ``"flip"`` or ``"multiscale"``
+            (``segment(..., tta=...)``, :mod:`segdemo.tta`).
     """
 
     threshold: float = DEFAULT_THRESHOLDS.threshold
     mask_threshold: float = DEFAULT_THRESHOLDS.mask_threshold
     overlap_mask_area_threshold: float = DEFAULT_THRESHOLDS.overlap_mask_area_threshold
     alpha: float = 0.5
-    flip_tta: bool = False
+    tta: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("threshold", "mask_threshold", "overlap_mask_area_threshold", "alpha"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
                 raise RequestError(f"{name} must be a number between 0 and 1, got {value!r}")
-        if not isinstance(self.flip_tta, bool):
-            raise RequestError(f"flip_tta must be true or false, got {self.flip_tta!r}")
+        if self.tta not in TTA_MODES:
+            raise RequestError(
+                f"tta must be one of {', '.join(TTA_CHOICES)} or null (off), got {self.tta!r}"
+            )
 
     @property
     def thresholds(self) -> Thresholds:
@@ -225,15 +229,17 @@ def run_task(
     report(0.4, f"Running {task.value} segmentation")
     # segment() checks the task against the loaded model: a hub id the operator allowed
     # is only known to be universal once loaded
-    if options.flip_tta and task is not Task.SEMANTIC:
-        raise RequestError("flip test-time augmentation is for semantic segmentation only")
+    if options.tta is not None and task is not Task.SEMANTIC:
+        raise RequestError(
+            f"{options.tta} test-time augmentation is for semantic segmentation only"
+        )
     result = segment(
         loaded,
         picture,
         task,
         **options.thresholds.as_kwargs(),
         label_ids_to_fuse=None,
-        tta="flip" if options.flip_tta else None,
+        tta=options.tta,
     )
     report(0.9, "Rendering")
     palette = palettes.palette_for(spec.palette, loaded.id2label)

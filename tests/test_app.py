@@ -170,6 +170,20 @@ def test_downloaded_label_map_equals_segment(launched, photo, api_name, model_id
         np.testing.assert_array_equal(np.asarray(downloaded), expected.label_map)
 
 
+@pytest.mark.parametrize("tta", ["flip", "multiscale"])
+def test_semantic_endpoint_takes_test_time_augmentation(launched, photo, tta):
+    """The app's TTA choice reaches ``segment(..., tta=...)``; an unknown one is refused."""
+    from segdemo.images import load_image
+    from segdemo.models import load_model
+    from segdemo.segment import segment
+
+    _, client, _ = launched
+    outputs = client.predict(handle_file(photo), SEMANTIC_ID, 0.5, tta, api_name="/semantic")
+    expected = segment(load_model(SEMANTIC_ID), load_image(photo), "semantic", tta=tta)
+    with Image.open(outputs[3]) as downloaded:
+        np.testing.assert_array_equal(np.asarray(downloaded), expected.label_map)
+
+
 def test_compare_endpoint_notes_a_missing_model(launched, photo):
     _, client, _ = launched
     sem, sem_note, inst, inst_note, pan, pan_note = client.predict(

@@ -201,6 +201,7 @@ def test_bad_requests_raise_one_line_user_errors(
         ("mask_threshold", 1.5),  # above range
         ("alpha", "0.5"),  # strings are not numbers
         ("overlap_mask_area_threshold", None),  # missing value from an API caller
+        ("tta", "rot90"),  # not a test-time augmentation of segdemo.tta
     ],
 )
 def test_options_out_of_range_are_refused(field, value):

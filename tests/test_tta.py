@@ -1,5 +1,5 @@
-"""Flip test-time augmentation: ``segment(..., tta="flip")``, ``predict``/``evaluate --tta
-flip`` and the app's checkbox. Off by default (the default stays the pipeline's result,
+"""Test-time augmentation: ``segment(..., tta="flip" | "multiscale")``, ``predict``/``evaluate
+--tta`` and the app's flip checkbox. Off by default (the default stays the pipeline's result,
 tested in test_segment.py)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from PIL import Image
 
 from segdemo import models, service
 from segdemo.segment import segment
+from segdemo.tta import TTA_SCALES
 
 FAMILIES = ("segformer", "upernet-convnext")
 
@@ -66,6 +67,43 @@ def test_flip_averages_the_scores_of_the_image_and_its_mirror(loaded, photo, fam
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_multiscale_averages_probabilities_over_scales_and_mirrors(loaded, photo, family):
+    """Reference: transformers' processor at each scaled size (its ``size`` argument) and its
+    own post-processing; scores resized to the one-pass score size, softmax, mean over
+    scales and mirrors, upsampled by torch's bilinear interpolate, argmax."""
+    model = loaded[family]
+    processor = model.processor
+    height, width = processor.size["height"], processor.size["width"]
+
+    def scores(image, scale):
+        size = {"height": round(height * scale / 8) * 8, "width": round(width * scale / 8) * 8}
+        inputs = processor(images=[image], size=size, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.model(**inputs)
+        return processor.post_process_semantic_segmentation(
+            out, target_sizes=None, return_segmentation_scores=True
+        )[0].segmentation_scores
+
+    mirror = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    base = scores(photo, 1.0).shape[-2:]
+    probs = []
+    for scale in TTA_SCALES:
+        for view, back in ((photo, lambda x: x), (mirror, lambda x: x.flip(-1))):
+            resized = torch.nn.functional.interpolate(
+                back(scores(view, scale))[None], size=base, mode="bilinear", align_corners=False
+            )
+            probs.append(resized[0].softmax(0))
+    mean = torch.stack(probs).mean(0)
+    want = torch.nn.functional.interpolate(
+        mean[None], size=(photo.height, photo.width), mode="bilinear", align_corners=False
+    )[0].argmax(0)
+    got = segment(model, photo, "semantic", tta="multiscale").label_map
+    np.testing.assert_array_equal(got, want.numpy())
+    flip = segment(model, photo, "semantic", tta="flip").label_map
+    assert (got != flip).any(), "the case must show that the extra scales change something"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_flip_tta_commutes_with_mirroring_the_input(loaded, photo, family):
     mirror = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     a = segment(loaded[family], photo, "semantic", tta="flip").label_map
@@ -85,17 +123,18 @@ def test_bad_tta_is_one_line(loaded, photo, task, tta, message):
         segment(loaded["mask2former"], photo, task, tta=tta)
 
 
-def test_service_flag_runs_the_same_function(loaded, photo, tmp_path):
+@pytest.mark.parametrize("tta", ["flip", "multiscale"])
+def test_service_option_runs_the_same_function(loaded, photo, tmp_path, tta):
     model_id = loaded["segformer"].spec.id
     output = service.run_task(
-        photo, model_id, "semantic", service.Options(flip_tta=True), tmp_path, name="p.png"
+        photo, model_id, "semantic", service.Options(tta=tta), tmp_path, name="p.png"
     )
-    want = segment(loaded["segformer"], photo, "semantic", tta="flip").label_map
+    want = segment(loaded["segformer"], photo, "semantic", tta=tta).label_map
     got = np.asarray(Image.open(output.label_map_png))
     np.testing.assert_array_equal(got, want)
     with pytest.raises(service.RequestError, match="for semantic segmentation only"):
         service.run_task(
-            photo, "local/mask2former", "instance", service.Options(flip_tta=True), tmp_path
+            photo, "local/mask2former", "instance", service.Options(tta="flip"), tmp_path
         )
 
 
@@ -111,6 +150,10 @@ def test_cli_predict_and_evaluate_take_tta(loaded, photo, tmp_path, capsys):
     np.testing.assert_array_equal(got, want)
     assert main([*args, "--out", str(tmp_path / "o2"), "--tta", "flip", "--batch-size", "2"]) == 1
     assert "--tta flip runs one image at a time" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "o3"), "--tta", "multiscale"]) == 0
+    got = np.asarray(Image.open(tmp_path / "o3" / "p_labels.png"))
+    want = segment(loaded["segformer"], photo, "semantic", tta="multiscale").label_map
+    np.testing.assert_array_equal(got, want)
     evaluate = ["evaluate", "--task", "panoptic", "--data-dir", str(tmp_path), "--tta", "flip"]
     assert main([*evaluate, "--model", str(folder), "--out", str(tmp_path / "m.json")]) != 0
     assert "--tta flip applies to --task semantic" in capsys.readouterr().err
