@@ -162,6 +162,10 @@ def test_segment_in_two_tabs_with_an_error_in_between(page_and_requests, tmp_pat
     _upload(page, "semantic", PHOTO)
     assert _run_and_read_legend(page, "semantic", 0.6)
 
+    # multi-scale test-time augmentation, chosen on the page: the run completes
+    page.locator("#semantic-tta").get_by_label("multiscale").check()
+    assert _run_and_read_legend(page, "semantic", 0.7)
+
     # instance: another tab, the universal model; thresholds at 0 so the random model finds objects
     page.get_by_role("tab", name="Instance").click()
     _pick_example(page, "instance", PHOTO.name)
