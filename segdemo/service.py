@@ -85,9 +85,7 @@ class Options:
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
                 raise RequestError(f"{name} must be a number between 0 and 1, got {value!r}")
         if self.tta not in TTA_MODES:
-            raise RequestError(
-                f"tta must be one of {', '.join(TTA_CHOICES)} or null (off), got {self.tta!r}"
-            )
+            raise RequestError(f"tta must be off, {' or '.join(TTA_CHOICES)}, got {self.tta!r}")
 
     @property
     def thresholds(self) -> Thresholds:

@@ -39,23 +39,30 @@ def photo() -> Image.Image:
     )
 
 
+def _reference_scores(model, image, scale=1.0):
+    """``C x h x w`` class scores through transformers' own processor and post-processing;
+    ``scale`` != 1: its ``size`` argument is the resize target times ``scale``, sides rounded
+    to multiples of 8."""
+    processor = model.processor
+    height, width = processor.size["height"], processor.size["width"]
+    size = {"height": round(height * scale / 8) * 8, "width": round(width * scale / 8) * 8}
+    inputs = processor(
+        images=[image], return_tensors="pt", **({"size": size} if scale != 1 else {})
+    )
+    with torch.inference_mode():
+        out = model.model(**inputs)
+    return processor.post_process_semantic_segmentation(
+        out, target_sizes=None, return_segmentation_scores=True
+    )[0].segmentation_scores
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_flip_averages_the_scores_of_the_image_and_its_mirror(loaded, photo, family):
     """Reference: the model through transformers' own processor and post-processing on both
     images, mirrored back, averaged, upsampled by torch's bilinear interpolate, argmax."""
     model = loaded[family]
-    processor = model.processor
-
-    def scores(image):
-        inputs = processor(images=[image], return_tensors="pt")
-        with torch.inference_mode():
-            out = model.model(**inputs)
-        return processor.post_process_semantic_segmentation(
-            out, target_sizes=None, return_segmentation_scores=True
-        )[0].segmentation_scores
-
     mirror = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    mean = (scores(photo) + scores(mirror).flip(-1)) / 2
+    mean = (_reference_scores(model, photo) + _reference_scores(model, mirror).flip(-1)) / 2
     want = torch.nn.functional.interpolate(
         mean[None], size=(photo.height, photo.width), mode="bilinear", align_corners=False
     )[0].argmax(0)
@@ -72,25 +79,16 @@ def test_multiscale_averages_probabilities_over_scales_and_mirrors(loaded, photo
     own post-processing; scores resized to the one-pass score size, softmax, mean over
     scales and mirrors, upsampled by torch's bilinear interpolate, argmax."""
     model = loaded[family]
-    processor = model.processor
-    height, width = processor.size["height"], processor.size["width"]
-
-    def scores(image, scale):
-        size = {"height": round(height * scale / 8) * 8, "width": round(width * scale / 8) * 8}
-        inputs = processor(images=[image], size=size, return_tensors="pt")
-        with torch.inference_mode():
-            out = model.model(**inputs)
-        return processor.post_process_semantic_segmentation(
-            out, target_sizes=None, return_segmentation_scores=True
-        )[0].segmentation_scores
-
     mirror = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    base = scores(photo, 1.0).shape[-2:]
+    base = _reference_scores(model, photo).shape[-2:]
     probs = []
     for scale in TTA_SCALES:
         for view, back in ((photo, lambda x: x), (mirror, lambda x: x.flip(-1))):
             resized = torch.nn.functional.interpolate(
-                back(scores(view, scale))[None], size=base, mode="bilinear", align_corners=False
+                back(_reference_scores(model, view, scale))[None],
+                size=base,
+                mode="bilinear",
+                align_corners=False,
             )
             probs.append(resized[0].softmax(0))
     mean = torch.stack(probs).mean(0)
