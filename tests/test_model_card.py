@@ -141,3 +141,28 @@ def test_a_one_stage_held_out_run_is_not_the_twin_of_a_two_stage_model(tmp_path)
     held = _run(tmp_path / "held", val_groups="0001TP")
     with pytest.raises(SystemExit, match="number of training stages"):
         _card_with_heldout(tmp_path, shipped, held)
+
+
+@pytest.mark.parametrize(
+    "heldout_backbone, message",
+    [
+        ({"val_groups": "0001TP"}, None),  # the same backbone recipe, its held-out twin
+        ({"val_groups": "0001TP", "max_steps": 800}, "--max-steps in --init-backbone-from"),
+        ({}, "did not hold out 0001TP"),  # the held-out run's backbone trained on the drive
+    ],
+)
+def test_backbones_are_compared_by_their_recipes(tmp_path, heldout_backbone, message):
+    """A panoptic model started from one semantic run's backbone, and its held-out twin
+    started from that run's held-out twin: the backbone folders differ, their recipes not."""
+    backbone = _run(tmp_path / "backbone", train_on_val=True)
+    held_backbone = _run(tmp_path / "held_backbone", **heldout_backbone)
+    shipped = _run(tmp_path / "shipped", train_on_val=True, init_backbone_from=str(backbone))
+    held = _run(tmp_path / "held", val_groups="0001TP", init_backbone_from=str(held_backbone))
+    if message is None:
+        assert "## Held-out metrics" in _card_with_heldout(tmp_path, shipped, held)
+    else:
+        with pytest.raises(SystemExit, match=message):
+            _card_with_heldout(tmp_path, shipped, held)
+    other = _run(tmp_path / "other", val_groups="0001TP", init_backbone_from="not/a/run")
+    with pytest.raises(SystemExit, match="differs in --init-backbone-from"):
+        _card_with_heldout(tmp_path, shipped, other)

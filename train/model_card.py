@@ -61,15 +61,33 @@ def training_stages(config: dict) -> list[dict]:
 
 def stage_differences(stages: list[dict], others: list[dict], defaults: dict) -> list[str]:
     """:func:`recipe_differences` stage by stage; ``--model`` after the first stage names
-    the stage before, which is compared itself."""
+    the stage before, which is compared itself. Two ``--init-backbone-from`` folders that
+    train/run.py wrote match when their own recipes do (:func:`backbone_differences`)."""
     if len(stages) != len(others):
         return [f"the number of training stages ({len(stages)} vs {len(others)})"]
     differences = []
     for number, (config, other) in enumerate(zip(stages, others, strict=True), 1):
-        ignore = frozenset({"model"}) if number > 1 else frozenset()
-        found = recipe_differences(config, other, defaults, ignore)
+        ignore = {"init_backbone_from"} | ({"model"} if number > 1 else set())
+        found = recipe_differences(config, other, defaults, frozenset(ignore))
+        found += backbone_differences(config, other, defaults)
         differences += [f"{flag} (stage {number})" for flag in found] if len(stages) > 1 else found
     return differences
+
+
+def backbone_differences(config: dict, other: dict, defaults: dict) -> list[str]:
+    """How two runs' ``--init-backbone-from`` differ: nothing when equal; else, when both
+    are train/run.py output folders, how their recipes differ (named ``in
+    --init-backbone-from``); else the flag itself."""
+    mine, theirs = config.get("init_backbone_from"), other.get("init_backbone_from")
+    if mine == theirs:
+        return []
+    folders = [Path(str(f)) / "training_config.json" for f in (mine, theirs) if f is not None]
+    if len(folders) < 2 or not all(f.is_file() for f in folders):
+        return ["--init-backbone-from"]
+    found = stage_differences(
+        *(training_stages(json.loads(f.read_text())) for f in folders), defaults
+    )
+    return [f"{flag} in --init-backbone-from" for flag in found]
 
 
 def stage_commands(stages: list[dict], defaults: dict) -> list[str]:
@@ -238,6 +256,15 @@ def _heldout_metrics(stages: list[dict], run: Path, metrics: Path, defaults: dic
             f"--heldout {run}: stage {saw_groups[0]} did not hold out {groups}; "
             "every stage must hold the same groups out"
         )
+    for stage in run_stages:  # a backbone that trained on the groups would leak them too
+        backbone = Path(str(stage.get("init_backbone_from"))) / "training_config.json"
+        if stage.get("init_backbone_from") and backbone.is_file():
+            backbone_stages = training_stages(json.loads(backbone.read_text()))
+            if any(b.get("val_groups") != groups for b in backbone_stages):
+                raise SystemExit(
+                    f"--heldout {run}: its --init-backbone-from {backbone.parent} did not hold "
+                    f"out {groups}; start the held-out run from a backbone that never saw them"
+                )
     differences = stage_differences(stages, run_stages, defaults)
     if differences:
         raise SystemExit(
