@@ -17,5 +17,5 @@ TTA_CHOICES = tuple(mode for mode in TTA_MODES if mode is not None)
 
 TTA_SCALES = (1.0, 1.25, 1.5)
 """Input scales of ``"multiscale"``, times the processor's resize target. On CamVid drive
-0001TP, never trained on, the embedded model scores mIoU 0.486 in one pass, 0.493 with flip
-and 0.508 with these scales and flip (docs/training.md)."""
+0001TP, the embedded model's recipe trained without that drive (row J of docs/training.md)
+scores mIoU 0.486 in one pass, 0.493 with flip and 0.508 with these scales and flip."""

@@ -1,5 +1,5 @@
 """Test-time augmentation: ``segment(..., tta="flip" | "multiscale")``, ``predict``/``evaluate
---tta`` and the app's flip checkbox. Off by default (the default stays the pipeline's result,
+--tta`` and the app's choice of them. Off by default (the default stays the pipeline's result,
 tested in test_segment.py)."""
 
 from __future__ import annotations
