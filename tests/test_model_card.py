@@ -47,10 +47,13 @@ def _run(folder: Path, **arguments) -> Path:
     return folder
 
 
-def _card_with_heldout(tmp_path: Path, shipped: Path, held: Path) -> str:
-    """The card of ``shipped`` with ``held`` as its held-out run (mIoU 0.4321 there)."""
+def _card_with_heldout(
+    tmp_path: Path, shipped: Path, held: Path, held_metrics: dict | None = None
+) -> str:
+    """The card of ``shipped`` with ``held`` as its held-out run, which scored
+    ``held_metrics`` (default: mIoU 0.4321)."""
     metrics = tmp_path / "heldout.json"
-    metrics.write_text(json.dumps(_metrics(0.4321)))
+    metrics.write_text(json.dumps(held_metrics or _metrics(0.4321)))
     return model_card.model_card(
         shipped,
         license="cc-by-nc-4.0",
@@ -166,3 +169,23 @@ def test_backbones_are_compared_by_their_recipes(tmp_path, heldout_backbone, mes
     other = _run(tmp_path / "other", val_groups="0001TP", init_backbone_from="not/a/run")
     with pytest.raises(SystemExit, match="differs in --init-backbone-from"):
         _card_with_heldout(tmp_path, shipped, other)
+
+
+def _panoptic_metrics(pq: float) -> dict:
+    per_class = {"pq": pq, "sq": 0.7, "rq": pq / 0.7, "tp": 3, "fp": 1, "fn": 2}
+    return {
+        **{f"{m}{part}": pq for m in ("pq", "sq", "rq") for part in ("", "_things", "_stuff")},
+        "per_category": {"sky": per_class, "road": per_class},
+    }
+
+
+def test_a_panoptic_held_out_run_reports_pq(tmp_path):
+    shipped = _run(tmp_path / "shipped", task="panoptic", train_on_val=True)
+    (shipped / "eval_results.json").write_text(json.dumps({"step": 4000, **_panoptic_metrics(0.5)}))
+    held = _run(tmp_path / "held", task="panoptic", val_groups="0001TP")
+    (held / "segdemo.json").write_text(json.dumps({"thresholds": {"threshold": 0.5}}))
+    card = _card_with_heldout(tmp_path, shipped, held, _panoptic_metrics(0.3441))
+    section = card[card.index("## Held-out metrics") : card.index("## Validation metrics")]
+    assert "| all | 0.3441 |" in section and "| sky | 0.3441 |" in section
+    assert "(threshold 0.5)" in section and "per_class_pq.png" not in section
+    assert "| all | 0.5000 |" in card[card.index("## Validation metrics") :]

@@ -157,11 +157,7 @@ def model_card(
     results = json.loads((folder / "eval_results.json").read_text())
     if results_file is not None:  # a later `segdemo evaluate` of the same weights
         results = {"step": results["step"], **json.loads(results_file.read_text())}
-    meta = (
-        json.loads((folder / "segdemo.json").read_text())
-        if (folder / "segdemo.json").is_file()
-        else {}
-    )
+    meta = _segdemo_meta(folder)
     model_config = json.loads((folder / "config.json").read_text())
     title = meta.get("title") or folder.name
     task = config.get("task", "semantic")
@@ -271,6 +267,7 @@ def _heldout_metrics(stages: list[dict], run: Path, metrics: Path, defaults: dic
             f"--heldout {run}: not this model's recipe (differs in {', '.join(differences)})"
         )
     results = json.loads(metrics.read_text())
+    task = run_config.get("task", "semantic")
     return [
         "",
         f"## Held-out metrics (group {groups}: never trained on)",
@@ -287,8 +284,19 @@ def _heldout_metrics(stages: list[dict], run: Path, metrics: Path, defaults: dic
         *stage_commands(run_stages, defaults),
         "```",
         "",
-        *_semantic_metrics(results, chart=False),  # the folder's chart is of its own val
+        # the folder's chart is of its own val split, so none here
+        *(
+            _semantic_metrics(results, chart=False)
+            if task == "semantic"
+            else _universal_metrics(task, results, _segdemo_meta(run), chart=False)
+        ),
     ]
+
+
+def _segdemo_meta(folder: Path) -> dict:
+    """The folder's segdemo.json (title, palette, thresholds), or ``{}``."""
+    path = folder / "segdemo.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _semantic_metrics(results: dict, *, chart: bool = True) -> list[str]:
@@ -311,7 +319,8 @@ def _semantic_metrics(results: dict, *, chart: bool = True) -> list[str]:
     return lines + (["", "![per-class IoU](per_class_iou.png)"] if chart else [])
 
 
-def _universal_metrics(task: str, results: dict, meta: dict) -> list[str]:
+def _universal_metrics(task: str, results: dict, meta: dict, *, chart: bool = True) -> list[str]:
+    """The PQ or mask AP tables at ``meta``'s thresholds; ``chart``: and the per-class chart."""
     thresholds = ", ".join(f"{k} {v}" for k, v in (meta.get("thresholds") or {}).items())
     if task == "panoptic":
         lines = ["| | PQ | SQ | RQ |", "| --- | --- | --- | --- |"]
@@ -339,12 +348,8 @@ def _universal_metrics(task: str, results: dict, meta: dict) -> list[str]:
         lines += [f"| {name} | {_fmt(ap)} |" for name, ap in results["per_category"].items()]
         note = "COCO mask AP through pycocotools (segdemo.mask_ap)"
     metric = "pq" if task == "panoptic" else "ap"
-    return lines + [
-        "",
-        f"{note}, post-processed at the thresholds the app starts from ({thresholds}).",
-        "",
-        f"![per-class {metric.upper()}](per_class_{metric}.png)",
-    ]
+    lines += ["", f"{note}, post-processed at the thresholds the app starts from ({thresholds})."]
+    return lines + (["", f"![per-class {metric.upper()}](per_class_{metric}.png)"] if chart else [])
 
 
 def main(argv: list[str] | None = None) -> int:
