@@ -46,17 +46,25 @@ def recipe_differences(
     ]
 
 
+def output_config(folder: str | Path | None) -> dict | None:
+    """The training_config.json of a train/run.py output folder, or ``None`` when
+    ``folder`` is not one (a preset name, a hub id, nothing)."""
+    path = Path(str(folder)) / "training_config.json"
+    return json.loads(path.read_text()) if folder and path.is_file() else None
+
+
 def training_stages(config: dict) -> list[dict]:
     """The training_config.json of every stage of a run, first stage first: a run whose
-    ``--model`` is a train/run.py output folder (one with training_config.json) continued
-    that run's training, which is then its stage before (read from that folder now)."""
+    ``--model`` is a train/run.py output folder continued that run's training, which is
+    then its stage before (read from that folder now)."""
     stages, seen = [config], set()
     while True:
-        start = Path(str(stages[0].get("model", "")))
-        if not (start / "training_config.json").is_file() or start.resolve() in seen:
+        start = stages[0].get("model")
+        before = output_config(start)
+        if before is None or Path(str(start)).resolve() in seen:
             return stages
-        seen.add(start.resolve())
-        stages.insert(0, json.loads((start / "training_config.json").read_text()))
+        seen.add(Path(str(start)).resolve())
+        stages.insert(0, before)
 
 
 def stage_differences(stages: list[dict], others: list[dict], defaults: dict) -> list[str]:
@@ -81,12 +89,10 @@ def backbone_differences(config: dict, other: dict, defaults: dict) -> list[str]
     mine, theirs = config.get("init_backbone_from"), other.get("init_backbone_from")
     if mine == theirs:
         return []
-    folders = [Path(str(f)) / "training_config.json" for f in (mine, theirs) if f is not None]
-    if len(folders) < 2 or not all(f.is_file() for f in folders):
+    backbones = [output_config(mine), output_config(theirs)]
+    if None in backbones:
         return ["--init-backbone-from"]
-    found = stage_differences(
-        *(training_stages(json.loads(f.read_text())) for f in folders), defaults
-    )
+    found = stage_differences(*(training_stages(b) for b in backbones), defaults)
     return [f"{flag} in --init-backbone-from" for flag in found]
 
 
@@ -253,14 +259,14 @@ def _heldout_metrics(stages: list[dict], run: Path, metrics: Path, defaults: dic
             "every stage must hold the same groups out"
         )
     for stage in run_stages:  # a backbone that trained on the groups would leak them too
-        backbone = Path(str(stage.get("init_backbone_from"))) / "training_config.json"
-        if stage.get("init_backbone_from") and backbone.is_file():
-            backbone_stages = training_stages(json.loads(backbone.read_text()))
-            if any(b.get("val_groups") != groups for b in backbone_stages):
-                raise SystemExit(
-                    f"--heldout {run}: its --init-backbone-from {backbone.parent} did not hold "
-                    f"out {groups}; start the held-out run from a backbone that never saw them"
-                )
+        backbone = output_config(stage.get("init_backbone_from"))
+        if backbone is not None and any(
+            b.get("val_groups") != groups for b in training_stages(backbone)
+        ):
+            raise SystemExit(
+                f"--heldout {run}: its --init-backbone-from {stage['init_backbone_from']} did "
+                f"not hold out {groups}; start the held-out run from a backbone that never saw them"
+            )
     differences = stage_differences(stages, run_stages, defaults)
     if differences:
         raise SystemExit(
