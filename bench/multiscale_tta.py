@@ -6,8 +6,8 @@ images) on a folder dataset's split or held-out groups, as ``segdemo evaluate`` 
         --data-dir ../shared/datasets/camvid --val-groups 0001TP --ignore-index 11 \\
         --scales 1.0 1.25 1.5 --flip
 
-Scale ``s`` resizes the photo to the processor's ``(height, width)`` times ``s`` (rounded to a
-multiple of 8). Each pass's logits are upsampled bilinearly to the annotation's size and
+Scale ``s`` resizes the photo to the processor's resize target times ``s``
+(:func:`segdemo.segment.scaled_size`, as ``--tta multiscale`` does). Each pass's logits are upsampled bilinearly to the annotation's size and
 softmaxed; the label is the argmax of their mean. ``--scales 1.0`` without ``--flip`` is
 ``segdemo evaluate``'s one pass (same label maps). This is a measurement, not the product: it
 holds ``C x H x W`` floats per image (fine at CamVid's 360x480, not at 12 MP).
@@ -30,13 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segdemo.data import group_list  # noqa: E402
 from segdemo.evaluate import build_report, evaluate_folder  # noqa: E402
 from segdemo.models import load_model  # noqa: E402
+from segdemo.result import Task  # noqa: E402
+from segdemo.segment import model_inputs, run_model, semantic_scores  # noqa: E402
 
 
 def multiscale_predictor(model_id: str, scales: list[float], flip: bool):
-    """A :data:`segdemo.evaluate.Predictor` averaging softmax scores over scales (x flip)."""
+    """A :data:`segdemo.evaluate.Predictor` averaging softmax scores over scales (x flip);
+    each pass is the product's (``model_inputs(..., scale=)``, ``semantic_scores``)."""
     loaded = load_model(model_id, allow_any=True)
-    processor = loaded.processor
-    height, width = processor.size["height"], processor.size["width"]
 
     def predict(name: str, image: Image.Image | None, size: tuple[int, int]) -> np.ndarray:
         views = [(image, False)]
@@ -45,15 +46,11 @@ def multiscale_predictor(model_id: str, scales: list[float], flip: bool):
         total = None
         with torch.inference_mode():
             for scale in scales:
-                scaled = {
-                    "height": round(height * scale / 8) * 8,
-                    "width": round(width * scale / 8) * 8,
-                }
                 for view, mirrored in views:
-                    inputs = processor(images=view, size=scaled, return_tensors="pt")
-                    logits = loaded.model(pixel_values=inputs["pixel_values"]).logits
-                    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-                    probs = (logits.flip(-1) if mirrored else logits).softmax(dim=1)
+                    inputs = model_inputs(loaded, view, Task.SEMANTIC, scale=scale)
+                    scores = semantic_scores(loaded, run_model(loaded, inputs))[None]
+                    scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+                    probs = (scores.flip(-1) if mirrored else scores).softmax(dim=1)
                     total = probs if total is None else total + probs
         return total[0].argmax(dim=0).numpy()
 

@@ -264,10 +264,15 @@ def run_model(loaded: LoadedModel, inputs: dict[str, Any]) -> Any:
     return loaded.model(**inputs)
 
 
+def _size_field(size: Any):
+    """``key -> value or None`` of a processor ``size`` (a dict or a ``SizeDict``)."""
+    return size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+
+
 def scaled_size(size: Any, scale: float) -> dict:
     """The processor ``size`` (as in :func:`capped_size`) times ``scale``, each side rounded
     to a multiple of 8 (at least 8)."""
-    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    get = _size_field(size)
     keys = ("height", "width", "shortest_edge", "longest_edge")
     return {key: max(8, round(get(key) * scale / 8) * 8) for key in keys if get(key) is not None}
 
@@ -284,7 +289,7 @@ def capped_size(size: Any, image_hw: tuple[int, int], max_size: int) -> dict | N
     Returns:
         A new size dict, or ``None`` when the processor's input already fits.
     """
-    get = size.get if isinstance(size, dict) else (lambda key: getattr(size, key, None))
+    get = _size_field(size)
     height, width = get("height"), get("width")
     shortest, longest = get("shortest_edge"), get("longest_edge")
     if height and width:
