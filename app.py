@@ -146,11 +146,15 @@ PROGRESS = gr.Progress()
 call's updates to that call's event."""
 
 
+TTA_OFF = "off"
+"""The page's and the API's name for no test-time augmentation (``segment(tta=None)``)."""
+
+
 # One function per endpoint: gradio names the API parameters after these arguments.
-def semantic(image, model, opacity, tta="off", progress=PROGRESS):
+def semantic(image, model, opacity, tta=TTA_OFF, progress=PROGRESS):
     """Semantic segmentation: class per pixel (``tta``: "off", "flip" or "multiscale",
     :mod:`segdemo.tta`)."""
-    options = {"alpha": opacity, "tta": None if tta in (None, "off") else tta}
+    options = {"alpha": opacity, "tta": None if tta in (None, TTA_OFF) else tta}
     return _run(Task.SEMANTIC, image, model, options, progress)
 
 
@@ -313,8 +317,8 @@ def create_task_tab(task: Task) -> None:
                 if task is Task.SEMANTIC:
                     extra.append(
                         gr.Radio(
-                            ["off", *TTA_CHOICES],
-                            value="off",
+                            [TTA_OFF, *TTA_CHOICES],
+                            value=TTA_OFF,
                             label="Test-time augmentation",
                             info="flip: averages with the mirror image (2x time); multiscale: "
                             "flip at 1, 1.25 and 1.5x the input size (6x time)",

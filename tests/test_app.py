@@ -172,7 +172,7 @@ def test_downloaded_label_map_equals_segment(launched, photo, api_name, model_id
 
 @pytest.mark.parametrize("tta", ["flip", "multiscale"])
 def test_semantic_endpoint_takes_test_time_augmentation(launched, photo, tta):
-    """The app's TTA choice reaches ``segment(..., tta=...)``; an unknown one is refused."""
+    """The app's TTA choice reaches ``segment(..., tta=...)`` (unknown values: test_service)."""
     from segdemo.images import load_image
     from segdemo.models import load_model
     from segdemo.segment import segment
