@@ -10,6 +10,13 @@
 # predictions split by the converter's rules, bench/panoptic_baseline.py), OUT/model/ (the
 # panoptic run; rerunning the script resumes it from its newest state), OUT/train.log and
 # OUT/model.json (`python -m segdemo evaluate --task panoptic --val-groups 0001TP`).
+#
+# FROM: continue a finished run of this script (its OUT/model) instead of starting from
+# BACKBONE (still needed for the baseline); EXTRA's flags override the ones below, e.g. a
+# second stage at CamVid's native size:
+#   FROM=/tmp/camvid-panoptic-heldout/model OUT=/tmp/camvid-panoptic-heldout-native \
+#     EXTRA="--image-size 360 480 --crop-size 288 384 --lr 1e-4 --eval-every 300" \
+#     BACKBONE=... bash bench/camvid_panoptic_heldout.sh 600
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets/camvid}
@@ -19,6 +26,11 @@ HELD=0001TP
 STEPS=${1:-1800}
 BACKBONE=${BACKBONE:?set BACKBONE to a semantic model trained with --val-groups $HELD}
 mkdir -p "$OUT"
+if [ -n "${FROM:-}" ]; then
+  START=(--model "$FROM")
+else
+  START=(--model mask2former-resnet-s --init-backbone-from "$BACKBONE")
+fi
 
 if [ ! -d "$PAN" ]; then
   python -m segdemo convert semantic-to-panoptic --data-dir "$DATA" \
@@ -29,7 +41,7 @@ if [ ! -f "$OUT/baseline.json" ]; then
     --out "$OUT/baseline.json" > /dev/null
 fi
 ACCELERATE_MIXED_PRECISION=${MIXED_PRECISION:-no} python train/run.py --task panoptic \
-  --model mask2former-resnet-s --init-backbone-from "$BACKBONE" --data-dir "$PAN" \
+  "${START[@]}" --data-dir "$PAN" \
   --val-groups "$HELD" --export last --output-dir "$OUT/model" --palette camvid \
   --max-steps "$STEPS" --lr 3e-4 --weight-decay 0.05 --warmup-steps 50 --image-size 288 384 \
   --crop-size 192 256 --scale-range 0.75 1.75 --eval-every 450 --save-every 45 \
