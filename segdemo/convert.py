@@ -38,11 +38,11 @@ from PIL import Image
 from scipy import ndimage
 
 from segdemo.data import (
-    VAL_SPLITS,
     DatasetError,
     Pair,
     check_label_range,
     find_pairs,
+    find_val_pairs,
     read_annotation,
     read_id2label,
 )
@@ -201,7 +201,7 @@ def convert_folder(
         raise DatasetError(f"{out}: already exists; remove it or choose another --out")
     thing_ids = sorted(label2id[name] for name in things)
     splits = {"train": find_pairs(root, "train")}
-    splits["val"] = next((p for s in VAL_SPLITS if (p := find_pairs(root, s))), [])
+    splits["val"] = find_val_pairs(root)
     if not splits["train"]:
         raise DatasetError(f"{root / 'train'}: no image/annotation pairs to convert")
 

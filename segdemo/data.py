@@ -127,6 +127,15 @@ def find_pairs(root: str | os.PathLike, split: str) -> list[Pair]:
     return [Pair(stem, images[stem], annotations[stem]) for stem in sorted(images)]
 
 
+def find_val_pairs(root: str | os.PathLike) -> list[Pair]:
+    """The pairs of the first of :data:`VAL_SPLITS` under ``root`` that has any, or ``[]``.
+
+    Raises:
+        DatasetError: as :func:`find_pairs`.
+    """
+    return next((pairs for split in VAL_SPLITS if (pairs := find_pairs(root, split))), [])
+
+
 def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     if not folder.is_dir():
         raise DatasetError(
@@ -428,7 +437,7 @@ def load_folder(root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int
         raise DatasetError(
             f"{root / 'train'}: no image/annotation pairs; expected train/images/NAME.jpg + train/annotations/NAME.png"
         )
-    val_pairs = next((pairs for split in VAL_SPLITS if (pairs := find_pairs(root, split))), [])
+    val_pairs = find_val_pairs(root)
     train = FolderSource(train_pairs)
     if val_pairs:
         return Splits(train, FolderSource(val_pairs), id2label)

@@ -44,6 +44,7 @@ from segdemo.data import (
     DatasetError,
     check_label_range,
     find_pairs,
+    find_val_pairs,
     group_list,
     read_annotation,
     read_id2label,
@@ -155,7 +156,7 @@ def _find_split(root: Path, split: str) -> list:
 def _pairs_of_groups(root: Path, groups: list[str]) -> list:
     """The pairs of ``train`` and the val split pooled whose group is in ``groups``."""
     pooled = find_pairs(root, "train")
-    pooled += next((pairs for name in VAL_SPLITS if (pairs := find_pairs(root, name))), [])
+    pooled += find_val_pairs(root)
     return [pooled[i] for i in select_groups([str(p.image) for p in pooled], groups)]
 
 
