@@ -281,10 +281,10 @@ def _heldout_metrics(stages: list[dict], run: Path, metrics: Path, defaults: dic
         f"The same recipe trained on the other {run_config['train_samples']} images (everything"
         f" but {groups}) and scored, last step ({run_config['total_steps']}), on the"
         f" {run_config['val_samples']} images of {groups} by `python -m segdemo evaluate` in"
-        f" float32. The exported weights also trained on {groups}; these figures are what to"
-        " expect on images from a group (here: a drive) never trained on. The recipe was chosen"
-        " on this group"
-        ' (docs/training.md, "Choosing the recipe on a held-out drive").',
+        f" float32. The exported weights also trained on {groups}; these figures estimate what"
+        ' to expect on images from a group never trained on (docs/training.md, "Validation'
+        ' protocol: held-out groups"). Where the recipe was chosen on this group, they are a'
+        " validation score, not a test score.",
         "",
         "```bash",
         *stage_commands(run_stages, defaults),
