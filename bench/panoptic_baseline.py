@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,6 +33,18 @@ from segdemo.evaluate import parse_groups  # noqa: E402
 from segdemo.models import load_model  # noqa: E402
 from segdemo.panoptic_quality import panoptic_counts, pq_from_counts  # noqa: E402
 from segdemo.segment import segment  # noqa: E402
+
+
+def semantic_split(
+    loaded, image, thing_ids: Iterable[int], min_area: int
+) -> tuple[np.ndarray, dict[int, int]]:
+    """``loaded``'s semantic prediction of ``image`` as panoptic segments, by the converter's
+    rules: ``(HxW segment ids at the image's size, 0 = none; {segment id: class id})``."""
+    label_map = segment(loaded, image, "semantic").label_map
+    pred_map, segments = semantic_to_panoptic(
+        label_map, thing_ids, ignore_index=None, min_area=min_area
+    )
+    return pred_map, {s["id"]: s["category_id"] for s in segments}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,18 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     counts = np.zeros((num_classes, 4), np.float64)
     for index in range(len(splits.val)):
         image, target = splits.val[index]
-        label_map = segment(loaded, image, "semantic").label_map
-        pred_map, pred_segments = semantic_to_panoptic(
-            label_map, splits.thing_ids, ignore_index=None, min_area=args.min_area
-        )
+        pred_map, pred_segments = semantic_split(loaded, image, splits.thing_ids, args.min_area)
         gt_map, gt_segments = target.panoptic_map()
-        counts += panoptic_counts(
-            pred_map,
-            {s["id"]: s["category_id"] for s in pred_segments},
-            gt_map,
-            gt_segments,
-            num_classes,
-        )
+        counts += panoptic_counts(pred_map, pred_segments, gt_map, gt_segments, num_classes)
     report = {
         "model": args.model,
         "data": str(args.data_dir),
