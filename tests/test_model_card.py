@@ -81,6 +81,7 @@ def test_the_held_out_run_comes_first_with_its_command(tmp_path):
     assert "| mean IoU | 0.6000 |" in card[val:]
     assert "per_class_iou.png" not in section  # the folder's chart is of the val split
     assert "training-set scores" in card[val:].splitlines()[0]
+    assert "images, among the training images (--train-on-val)." in card[:held]
 
 
 @pytest.mark.parametrize(

@@ -205,6 +205,7 @@ def model_card(
         "",
         f"Train: {config['train_samples']} images; validation: {config['val_samples']} images"
         + (" (carved from train)" if config.get("val_carved_from_train") else "")
+        + (", among the training images (--train-on-val)" if config.get("train_on_val") else "")
         + f". Model input: {config['image_size']} (H, W); metrics at the annotations' own resolution.",
         "",
         "## Reproduce",
