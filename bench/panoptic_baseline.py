@@ -35,6 +35,35 @@ from segdemo.panoptic_quality import panoptic_counts, pq_from_counts  # noqa: E4
 from segdemo.segment import segment  # noqa: E402
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``, ``--min-area``, ``--val-groups`` and ``--out``."""
+    parser.add_argument("--data-dir", required=True, help="a COCO panoptic folder (val split)")
+    parser.add_argument("--min-area", type=int, default=64, help="the converter's --min-area")
+    parser.add_argument(
+        "--val-groups",
+        help="score these groups (comma list, e.g. 0001TP) of train and val pooled, as "
+        "`segdemo evaluate --val-groups` does, instead of the val split",
+    )
+    parser.add_argument("--out", help="write the JSON report here")
+
+
+def scored_splits(args: argparse.Namespace) -> tuple[coco.UniversalSplits, list[str] | None]:
+    """The COCO panoptic folder with the images to score as ``val``, and the groups."""
+    splits = coco.load_universal("panoptic", data_dir=args.data_dir)
+    groups = parse_groups(args)
+    if groups:
+        splits = data.groups_as_val(splits, groups)
+    return splits, groups
+
+
+def load_for(model_id: str, splits: coco.UniversalSplits):
+    """``model_id`` loaded (any checkpoint folder: an operator tool), with the data's classes."""
+    loaded = load_model(model_id, allow_any=True)
+    if loaded.id2label != splits.id2label:
+        raise SystemExit(f"{model_id}: its classes are not the dataset's")
+    return loaded
+
+
 def semantic_split(
     loaded, image, thing_ids: Iterable[int], min_area: int
 ) -> tuple[np.ndarray, dict[int, int]]:
@@ -56,23 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
         "Mask2Former (its semantic post-processing: how good its class masks are, whatever "
         "its instances)",
     )
-    parser.add_argument("--data-dir", required=True, help="a COCO panoptic folder (val split)")
-    parser.add_argument("--min-area", type=int, default=64, help="the converter's --min-area")
-    parser.add_argument(
-        "--val-groups",
-        help="score these groups (comma list, e.g. 0001TP) of train and val pooled, as "
-        "`segdemo evaluate --val-groups` does, instead of the val split",
-    )
-    parser.add_argument("--out", help="write the JSON report here")
+    add_data_arguments(parser)
     args = parser.parse_args(argv)
 
-    splits = coco.load_universal("panoptic", data_dir=args.data_dir)
-    groups = parse_groups(args)
-    if groups:
-        splits = data.groups_as_val(splits, groups)
-    loaded = load_model(args.model, allow_any=True)  # an operator tool: any checkpoint folder
-    if loaded.id2label != splits.id2label:
-        raise SystemExit(f"{args.model}: its classes are not the dataset's")
+    splits, groups = scored_splits(args)
+    loaded = load_for(args.model, splits)
     num_classes = len(splits.id2label)
     counts = np.zeros((num_classes, 4), np.float64)
     for index in range(len(splits.val)):

@@ -35,9 +35,12 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.panoptic_baseline import semantic_split  # noqa: E402
-from segdemo import coco, data  # noqa: E402
-from segdemo.evaluate import parse_groups  # noqa: E402
+from bench.panoptic_baseline import (  # noqa: E402
+    add_data_arguments,
+    load_for,
+    scored_splits,
+    semantic_split,
+)
 from segdemo.panoptic_quality import FN, TP, panoptic_counts  # noqa: E402
 
 AREA_RANGES = {"small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, np.inf)}
@@ -80,20 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
         default="panoptic",
         help="the model's panoptic output, or its semantic output split by the converter",
     )
-    parser.add_argument("--data-dir", required=True, help="a COCO panoptic folder")
-    parser.add_argument("--min-area", type=int, default=64, help="semantic-split: --min-area")
-    parser.add_argument(
-        "--val-groups",
-        help="score these groups (comma list, e.g. 0001TP) of train and val pooled, as "
-        "`segdemo evaluate --val-groups` does, instead of the val split",
-    )
-    parser.add_argument("--out", help="write the JSON report here")
+    add_data_arguments(parser)
     args = parser.parse_args(argv)
 
-    splits = coco.load_universal("panoptic", data_dir=args.data_dir)
-    groups = parse_groups(args)
-    if groups:
-        splits = data.groups_as_val(splits, groups)
+    splits, groups = scored_splits(args)
     predict = _predictor(args, splits)
     num_classes = len(splits.id2label)
     totals = {name: np.zeros((num_classes, 2), np.int64) for name in AREA_RANGES}
@@ -146,11 +139,7 @@ def _predictor(args: argparse.Namespace, splits):
 
         return predict
 
-    from segdemo.models import load_model
-
-    loaded = load_model(args.model, allow_any=True)  # an operator tool: any checkpoint folder
-    if loaded.id2label != splits.id2label:
-        raise SystemExit(f"{args.model}: its classes are not the dataset's")
+    loaded = load_for(args.model, splits)
     return lambda image, size: semantic_split(loaded, image, splits.thing_ids, args.min_area)
 
 
