@@ -233,11 +233,7 @@ def model_card(
         f"## Validation metrics (exported weights: step {results['step']} of "
         f"{config['total_steps']}, {exported}{trained_on_val})",
         "",
-        *(
-            _semantic_metrics(results)
-            if task == "semantic"
-            else _universal_metrics(task, results, meta)
-        ),
+        *_metrics(task, results, meta),
     ]
     if extra_note:
         lines += ["", extra_note]
@@ -292,11 +288,7 @@ def _heldout_metrics(stages: list[dict], run: Path, metrics: Path, defaults: dic
         "```",
         "",
         # the folder's chart is of its own val split, so none here
-        *(
-            _semantic_metrics(results, chart=False)
-            if task == "semantic"
-            else _universal_metrics(task, results, _segdemo_meta(run), chart=False)
-        ),
+        *_metrics(task, results, _segdemo_meta(run), chart=False),
     ]
 
 
@@ -304,6 +296,14 @@ def _segdemo_meta(folder: Path) -> dict:
     """The folder's segdemo.json (title, palette, thresholds), or ``{}``."""
     path = folder / "segdemo.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _metrics(task: str, results: dict, meta: dict, *, chart: bool = True) -> list[str]:
+    """The metric tables of a ``task`` run's results (mIoU, PQ or mask AP); ``meta``: its
+    segdemo.json (thresholds); ``chart``: and the folder's per-class chart."""
+    if task == "semantic":
+        return _semantic_metrics(results, chart=chart)
+    return _universal_metrics(task, results, meta, chart=chart)
 
 
 def _semantic_metrics(results: dict, *, chart: bool = True) -> list[str]:
